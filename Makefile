@@ -1,0 +1,53 @@
+# strainwatch: `make demo` runs the whole pipeline locally, `make test` runs every test.
+# Both set up what they need on a fresh Debian machine (venv, pip, apt, Maven jars).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup system-deps jars lint unit integration test demo bench stack-down clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) system-deps
+
+# InfluxDB 1.6.7 from Debian (DESIGN.md); the stack also installs it when run as root.
+system-deps:
+	@command -v influxd >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq influxdb >/dev/null; \
+	  else echo "influxd missing: run 'sudo apt-get install influxdb' or set STRAINWATCH_INFLUX_URL" >&2; exit 1; fi; }
+
+# Apache Kafka jars from Maven Central, for `--broker kafka` and the tests that need a durable broker.
+jars: $(STAMP)
+	$(BIN)/strainwatch stack jars
+
+lint: $(STAMP)
+	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -m unit -q
+
+integration: setup jars
+	$(BIN)/pytest -m integration
+
+test: setup jars lint
+	$(BIN)/pytest
+
+demo: setup
+	$(BIN)/strainwatch demo
+
+bench: setup jars
+	$(BIN)/python bench/processor_throughput.py
+
+stack-down: $(STAMP)
+	$(BIN)/strainwatch stack down
+
+clean: stack-down
+	rm -rf $(VENV) .strainwatch

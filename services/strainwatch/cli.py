@@ -1,0 +1,52 @@
+"""The `strainwatch` command: one entry point per service."""
+
+from __future__ import annotations
+
+import orjson
+import typer
+
+from strainwatch.config import get_settings
+from strainwatch.logs import configure
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Upper-back strain monitoring.")
+config_app = typer.Typer(no_args_is_help=True, help="Effective configuration.")
+app.add_typer(config_app, name="config")
+
+
+@app.callback()
+def _setup() -> None:
+    settings = get_settings()
+    configure(settings.log_level, settings.log_format)
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective configuration (environment STRAINWATCH_*), secrets masked."""
+    typer.echo(orjson.dumps(get_settings().masked(), option=orjson.OPT_INDENT_2).decode())
+
+
+def _register() -> None:
+    # Each service contributes its commands from its own module.
+    from strainwatch.demo import register as register_demo
+    from strainwatch.exposure_cli import register as register_exposure
+    from strainwatch.gateway.cli import register as register_gateway
+    from strainwatch.processor.cli import register as register_processor
+    from strainwatch.schemas_cli import register as register_schemas
+    from strainwatch.stack.cli import register as register_stack
+
+    for register in (
+        register_stack,
+        register_gateway,
+        register_processor,
+        register_exposure,
+        register_schemas,
+        register_demo,
+    ):
+        register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,338 @@
+"""Every message strainwatch exchanges, as pydantic v2 models: the contracts.
+
+`schemas/` holds the JSON Schema exported from these classes (`strainwatch schemas export`); a test
+keeps the two identical. Worker ids are site-issued pseudonyms: no names, e-mails or phone numbers
+travel on posture topics.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+SCHEMA_VERSION = 1
+
+# Pseudonymous identifiers: short, no spaces, no '@' (so an e-mail address cannot pass as one).
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+
+# Physiological ranges (DOMAIN.md): samples outside them are sensor faults, rejected.
+SEGMENT_RANGES: dict[str, tuple[float, float]] = {
+    "trunk_flexion": (-60.0, 150.0),
+    "trunk_lateral": (-90.0, 90.0),
+    "trunk_twist": (-90.0, 90.0),
+    "neck_flexion": (-90.0, 90.0),
+    "arm_elevation_left": (0.0, 180.0),
+    "arm_elevation_right": (0.0, 180.0),
+}
+SEGMENTS: tuple[str, ...] = tuple(SEGMENT_RANGES)
+
+# One bound for every segment's array; the processor applies its configured (smaller) limit.
+MAX_SAMPLES_PER_SEGMENT = 6_000
+
+
+def _angles(lo: float, hi: float) -> Any:
+    sample = Annotated[float, Field(ge=lo, le=hi, allow_inf_nan=False)]
+    return Annotated[
+        list[sample] | None, Field(default=None, min_length=1, max_length=MAX_SAMPLES_PER_SEGMENT)
+    ]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class PostureSamples(BaseModel):
+    """Per-segment angle arrays in degrees, one value per sample, all the same length."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trunk_flexion: _angles(*SEGMENT_RANGES["trunk_flexion"])  # type: ignore[valid-type]
+    trunk_lateral: _angles(*SEGMENT_RANGES["trunk_lateral"])  # type: ignore[valid-type]
+    trunk_twist: _angles(*SEGMENT_RANGES["trunk_twist"])  # type: ignore[valid-type]
+    neck_flexion: _angles(*SEGMENT_RANGES["neck_flexion"])  # type: ignore[valid-type]
+    arm_elevation_left: _angles(*SEGMENT_RANGES["arm_elevation_left"])  # type: ignore[valid-type]
+    arm_elevation_right: _angles(*SEGMENT_RANGES["arm_elevation_right"])  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _one_length(self) -> PostureSamples:
+        lengths = {name: len(v) for name in SEGMENTS if (v := getattr(self, name)) is not None}
+        if not lengths:
+            raise PydanticCustomError("no_segments", "a frame carries at least one segment's samples")
+        if len(set(lengths.values())) > 1:
+            raise PydanticCustomError(
+                "length_mismatch", "segment arrays differ in length: {lengths}", {"lengths": lengths}
+            )
+        return self
+
+    def present(self) -> dict[str, list[float]]:
+        return {name: v for name in SEGMENTS if (v := getattr(self, name)) is not None}
+
+
+class PostureFrame(Message):
+    """A wearable's upload: samples from `start_ts` at `rate_hz`. Topic posture.events.v1, key worker_id.
+
+    The public contract for device makers.
+    """
+
+    event_id: UUID = Field(description="unique per frame; redelivery with the same id is dropped")
+    device_id: Ident
+    worker_id: Ident = Field(description="site-issued pseudonym")
+    site_id: Ident
+    start_ts: AwareDatetime = Field(description="time of the first sample, ISO 8601 with zone")
+    rate_hz: float = Field(ge=1, le=100, allow_inf_nan=False)
+    samples: PostureSamples
+    battery_pct: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
+    firmware: str | None = Field(default=None, max_length=64)
+    rest: bool | None = Field(default=None, description="the device reports the worker at rest")
+
+    @field_validator("start_ts")
+    @classmethod
+    def _not_in_future(cls, value: datetime, info: ValidationInfo) -> datetime:
+        ctx = info.context or {}
+        now: datetime = ctx.get("now") or datetime.now(UTC)
+        max_future = timedelta(seconds=float(ctx.get("max_future_s", 300.0)))
+        if value - now > max_future:
+            raise PydanticCustomError(
+                "future_timestamp",
+                "start_ts {start_ts} is more than {max_future_s} s ahead of the clock",
+                {"start_ts": value.isoformat(), "max_future_s": int(max_future.total_seconds())},
+            )
+        return value
+
+    @property
+    def n_samples(self) -> int:
+        return len(next(iter(self.samples.present().values())))
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / self.rate_hz
+
+
+class ZoneSeconds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    acceptable: float = 0.0
+    conditional: float = 0.0
+    not_acceptable: float = 0.0
+
+
+class ExposureWindow(Message):
+    """One worker's exposure over one window. Topic exposure.windows.v1, key worker_id."""
+
+    worker_id: Ident
+    site_id: Ident
+    team: str | None = None
+    window_start: AwareDatetime
+    window_s: int = Field(gt=0)
+    thresholds_version: str
+    frames: int = Field(ge=0)
+    wear_s: float = Field(ge=0)
+    samples: dict[str, int] = Field(description="samples per segment")
+    zone_s: dict[str, ZoneSeconds] = Field(default_factory=dict)
+    cutpoints_s: dict[str, dict[str, float]] = Field(default_factory=dict)
+    longest_hold_s: dict[str, float] = Field(default_factory=dict)
+    dose: dict[str, float] = Field(
+        default_factory=dict, description="per segment and upper_back, at window end"
+    )
+
+
+AlertKind = Literal["posture_hold", "conditioning_break"]
+
+
+class BreakAlert(Message):
+    """A break decision of the processor. Topic alerts.break.v1, key worker_id."""
+
+    alert_id: UUID
+    worker_id: Ident
+    site_id: Ident
+    team: str | None = None
+    kind: AlertKind
+    ts: AwareDatetime
+    segment: str
+    dose: float = Field(ge=0)
+    routine: list[str] = Field(default_factory=list)
+    thresholds_version: str
+
+
+class DeviceCommand(Message):
+    """A command back to a wearable. Topic device.commands.v1, key worker_id."""
+
+    command_id: UUID
+    worker_id: Ident
+    device_id: Ident | None = None
+    ts: AwareDatetime
+    command: Literal["haptic_nudge", "break_prompt"]
+    alert_id: UUID
+    message: str | None = Field(default=None, max_length=280)
+
+
+class BreakAck(Message):
+    """What became of a break prompt. Topic alerts.ack.v1, key worker_id."""
+
+    alert_id: UUID
+    worker_id: Ident
+    site_id: Ident
+    ts: AwareDatetime
+    outcome: Literal["taken", "acknowledged", "ignored"]
+    source: Literal["device", "channel", "posture", "timeout"]
+
+
+class Incident(Message):
+    """An injury-log entry. Topic incidents.v1, key site_id. No names: team level only."""
+
+    incident_id: str = Field(min_length=1, max_length=64)
+    site_id: Ident
+    team: str = Field(min_length=1, max_length=64)
+    ts: AwareDatetime
+    body_part: Literal["neck", "shoulder", "upper_back", "lower_back", "other"]
+    severity: Literal["recordable", "first_aid"]
+    lost_days: int = Field(default=0, ge=0)
+
+
+class RosterEntry(Message):
+    """Worker to team, site and shift. Topic roster.v1 (compacted), key worker_id."""
+
+    worker_id: Ident
+    site_id: Ident
+    team: str = Field(min_length=1, max_length=64)
+    shift: str = Field(min_length=1, max_length=32)
+    scheduled_breaks: list[str] = Field(
+        default_factory=list, description="local 'HH:MM-HH:MM' ranges without prompts"
+    )
+    hours_per_week: float | None = Field(default=None, ge=0, le=80)
+    active: bool = True
+
+
+class DeadReason(StrEnum):
+    """Why a message was dead-lettered; one code per kind of fault."""
+
+    MALFORMED_JSON = "malformed_json"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    MISSING_FIELD = "missing_field"
+    UNKNOWN_FIELD = "unknown_field"
+    INVALID_FIELD = "invalid_field"
+    OUT_OF_RANGE = "out_of_range"
+    NOT_FINITE = "not_finite"
+    LENGTH_MISMATCH = "length_mismatch"
+    NO_SEGMENTS = "no_segments"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    OVERSIZED = "oversized"
+    LATE = "late"
+
+
+class DeadLetter(Message):
+    """A rejected message with its original bytes (base64) and the reason. Topic posture.deadletter.v1."""
+
+    reason: DeadReason
+    detail: str = Field(max_length=2_000)
+    source_topic: str
+    source_partition: int | None = None
+    source_offset: int | None = None
+    received_at: AwareDatetime
+    original_b64: str
+    key_b64: str | None = None
+
+
+class Rejected(Exception):
+    def __init__(self, reason: DeadReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+_SAMPLE_ERROR_REASONS = {
+    "greater_than_equal": DeadReason.OUT_OF_RANGE,
+    "less_than_equal": DeadReason.OUT_OF_RANGE,
+    "finite_number": DeadReason.NOT_FINITE,
+    "float_type": DeadReason.NOT_FINITE,  # null sample
+    "too_long": DeadReason.OVERSIZED,
+}
+_ERROR_REASONS = {
+    "json_invalid": DeadReason.MALFORMED_JSON,
+    "json_type": DeadReason.MALFORMED_JSON,
+    "missing": DeadReason.MISSING_FIELD,
+    "extra_forbidden": DeadReason.UNKNOWN_FIELD,
+    "length_mismatch": DeadReason.LENGTH_MISMATCH,
+    "no_segments": DeadReason.NO_SEGMENTS,
+    "future_timestamp": DeadReason.FUTURE_TIMESTAMP,
+}
+
+
+def reason_for(error: ValidationError) -> tuple[DeadReason, str]:
+    """The reason code of the first error, and a short detail naming the field."""
+    first = error.errors(include_url=False, include_input=False)[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    kind = first["type"]
+    if first["loc"][:1] == ("schema_version",) and kind != "missing":
+        reason = DeadReason.UNSUPPORTED_SCHEMA_VERSION
+    elif first["loc"][:1] == ("samples",) and len(first["loc"]) >= 3 and kind in _SAMPLE_ERROR_REASONS:
+        reason = _SAMPLE_ERROR_REASONS[kind]
+    elif first["loc"][:1] == ("samples",) and len(first["loc"]) == 2 and kind == "too_long":
+        reason = DeadReason.OVERSIZED
+    else:
+        reason = _ERROR_REASONS.get(kind, DeadReason.INVALID_FIELD)
+    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return reason, f"{loc}: {first['msg']}{more}"[:2_000]
+
+
+def parse_frame(
+    raw: bytes, *, now: datetime | None = None, max_future_s: float = 300.0, max_bytes: int = 262_144
+) -> PostureFrame:
+    """Validate one posture frame from its wire bytes, or raise `Rejected` with a reason code."""
+    if len(raw) > max_bytes:
+        raise Rejected(DeadReason.OVERSIZED, f"{len(raw)} bytes > {max_bytes}")
+    try:
+        return PostureFrame.model_validate_json(raw, context={"now": now, "max_future_s": max_future_s})
+    except ValidationError as error:
+        reason, detail = reason_for(error)
+        if reason is DeadReason.MALFORMED_JSON and _has_non_finite_literal(raw):
+            reason = DeadReason.NOT_FINITE
+        raise Rejected(reason, detail) from None
+
+
+def _has_non_finite_literal(raw: bytes) -> bool:
+    """True when the bytes are JSON but for NaN/Infinity literals (which some firmware emits)."""
+    import json
+
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return False
+
+    def walk(x: Any) -> bool:
+        if isinstance(x, float):
+            return not math.isfinite(x)
+        if isinstance(x, dict):
+            return any(walk(v) for v in x.values())
+        if isinstance(x, list):
+            return any(walk(v) for v in x)
+        return False
+
+    return walk(doc)
+
+
+MESSAGE_MODELS: dict[str, type[Message]] = {
+    "PostureFrame": PostureFrame,
+    "ExposureWindow": ExposureWindow,
+    "BreakAlert": BreakAlert,
+    "DeviceCommand": DeviceCommand,
+    "BreakAck": BreakAck,
+    "Incident": Incident,
+    "RosterEntry": RosterEntry,
+    "DeadLetter": DeadLetter,
+}
