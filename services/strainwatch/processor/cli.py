@@ -1,7 +1,67 @@
-"""Placeholder until its module lands."""
+"""`strainwatch processor`: run one processor instance (scale out: more instances, one group)."""
 
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
 from typing import Any
+
+import typer
+
+
+def run_processor(thresholds: str | None = None) -> None:
+    import faust
+
+    from strainwatch.config import get_settings
+    from strainwatch.processor.app import Processor
+
+    settings = get_settings()
+    processor = Processor(settings, thresholds)
+
+    class ProcessorWorker(faust.Worker):  # type: ignore[misc]
+        """faust's worker with a shutdown that persists state before the consumer stops."""
+
+        _shutdown_task: asyncio.Future[None] | None = None
+
+        def _on_sigterm(self) -> None:
+            if self._shutdown_task is None:
+                self._shutdown_task = asyncio.ensure_future(self._graceful(signal.SIGTERM))
+
+        def _on_sigint(self) -> None:
+            if self._shutdown_task is None:
+                self._shutdown_task = asyncio.ensure_future(self._graceful(signal.SIGINT))
+
+        async def _graceful(self, sig: signal.Signals) -> None:
+            await processor.shutdown()
+            self._schedule_shutdown(sig)
+
+    level = settings.log_level.upper()
+    faust_level = level if level in ("DEBUG",) else "WARNING"
+    worker = ProcessorWorker(
+        processor.app,
+        loglevel=faust_level,
+        quiet=True,
+        redirect_stdouts=False,
+        web_host="127.0.0.1",
+        override_logging=False,
+    )
+    # faust leaves the root logger at DEBUG even with -l warn; that costs about 10 % (DESIGN.md)
+    logging.getLogger().setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    worker.execute_from_commandline()
 
 
 def register(app: Any) -> None:
-    pass
+    @app.command("processor")
+    def processor(
+        thresholds: str = typer.Option(None, "--thresholds", help="profile name or thresholds file"),
+    ) -> None:
+        """Score posture frames into exposure windows, alerts and InfluxDB points."""
+        if thresholds is not None:
+            from strainwatch.exposure import load_thresholds
+
+            try:
+                load_thresholds(thresholds)
+            except ValueError as error:
+                raise typer.BadParameter(str(error), param_hint="--thresholds") from None
+        run_processor(thresholds)

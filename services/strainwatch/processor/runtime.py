@@ -1,0 +1,324 @@
+"""The processor's per-message logic, free of faust: validate, order, deduplicate, score, collect outputs.
+
+The faust agent (processor/app.py) and the benchmark's plain aiokafka loop both drive this class,
+so the framework stays at the edge. Nothing here awaits: a checkpoint snapshot is taken in one
+synchronous step, so the states it captures cover exactly the messages it acknowledges.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+import structlog
+
+from strainwatch.events import DeadReason, PostureFrame, Rejected, parse_frame
+from strainwatch.exposure import Alert, ExposureEngine, WindowAggregate
+from strainwatch.logs import RateLimitedLog
+from strainwatch.processor.record import Buffered, WorkerRecord
+from strainwatch.storage.measurements import break_alert_line, exposure_line
+
+log = structlog.get_logger("strainwatch.processor")
+
+ALERT_NAMESPACE = uuid.UUID("6f0e3f51-4a53-4c1e-9d2b-5a0c7e2b9d11")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    source_topic: str = "posture.events.v1"
+    allowed_lateness_s: float = 30.0
+    max_future_s: float = 300.0
+    max_frame_bytes: int = 262_144
+    max_samples_per_frame: int = 6_000
+
+
+@dataclass
+class Outputs:
+    """Messages to publish: (key, value) pairs per topic role."""
+
+    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    windows: list[tuple[bytes, bytes]] = field(default_factory=list)
+    alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.dead_letters) + len(self.windows) + len(self.alerts)
+
+
+@dataclass
+class Counters:
+    frames_in: int = 0
+    frames_applied: int = 0
+    samples_applied: int = 0
+    replayed: int = 0
+    duplicates: int = 0
+    buffered: int = 0
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    windows_closed: int = 0
+    alerts: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "frames_in": self.frames_in,
+            "frames_applied": self.frames_applied,
+            "samples_applied": self.samples_applied,
+            "replayed": self.replayed,
+            "duplicates": self.duplicates,
+            "dead_lettered": dict(self.dead_lettered),
+            "windows_closed": self.windows_closed,
+            "alerts": self.alerts,
+        }
+
+
+def _iso(ts_s: float) -> str:
+    return datetime.fromtimestamp(ts_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+class Runtime:
+    def __init__(
+        self,
+        engine: ExposureEngine,
+        config: RuntimeConfig,
+        load: Callable[[str], WorkerRecord | None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self._load = load
+        self._clock = clock
+        self.records: dict[str, WorkerRecord] = {}
+        self.dirty: set[str] = set()
+        self.lines: list[str] = []
+        self.out = Outputs()
+        self.counters = Counters()
+        self._tol_cache: dict[float, float] = {}
+        self._reject_log = RateLimitedLog(log, interval_s=10.0)
+        self.thresholds_version = f"{engine.thresholds.profile}@{engine.thresholds.version}"
+
+    # --- per message -------------------------------------------------------------------------
+
+    def on_message(self, key: bytes | None, value: bytes, partition: int, offset: int) -> None:
+        """Handle one source message. Never raises on data: bad input becomes a dead letter."""
+        self.counters.frames_in += 1
+        try:
+            frame = parse_frame(
+                value,
+                now=datetime.fromtimestamp(self._clock(), UTC),
+                max_future_s=self.config.max_future_s,
+                max_bytes=self.config.max_frame_bytes,
+            )
+        except Rejected as rejected:
+            self._dead_letter(key, value, partition, offset, rejected.reason, rejected.detail)
+            return
+        worker = frame.worker_id
+        if key is not None and key != worker.encode():
+            self._dead_letter(
+                key, value, partition, offset, DeadReason.INVALID_FIELD, "message key differs from worker_id"
+            )
+            return
+        n = frame.n_samples
+        if n > self.config.max_samples_per_frame:
+            self._dead_letter(
+                key,
+                value,
+                partition,
+                offset,
+                DeadReason.OVERSIZED,
+                f"{n} samples > {self.config.max_samples_per_frame}",
+            )
+            return
+        record = self._record(worker, frame, partition)
+        if offset <= record.last_offset:
+            self.counters.replayed += 1  # already in the persisted state: a replay after a restart
+            return
+        event_key = frame.event_id.int >> 64
+        if event_key in record.recent_ids or any(b.event_key == event_key for b in record.buffer):
+            self.counters.duplicates += 1
+            record.last_offset = offset
+            self.dirty.add(worker)
+            return
+        start_s = frame.start_ts.timestamp()
+        end_s = start_s + n / frame.rate_hz
+        expected = record.state.end_s
+        tolerance = 0.5 / frame.rate_hz
+        if expected != expected or expected == float("-inf") or abs(start_s - expected) <= tolerance:
+            self._apply(worker, record, frame, start_s)
+        elif start_s > expected:
+            record.buffer.append(Buffered(start_s, end_s, offset, event_key, value, frame))
+            record.buffer.sort(key=lambda b: b.start_s)
+            if len(record.buffer) == 1:
+                record.buffered_since = time.monotonic()
+            self.counters.buffered += 1
+        else:
+            self._dead_letter(
+                key,
+                value,
+                partition,
+                offset,
+                DeadReason.LATE,
+                f"frame at {_iso(start_s)} overlaps samples already scored up to {_iso(expected)}",
+            )
+            record.last_offset = offset
+            self.dirty.add(worker)
+            return
+        record.remember(event_key)
+        record.last_offset = offset
+        self._drain(worker, record, gap_timeout=False)
+        self.dirty.add(worker)
+
+    def _record(self, worker: str, frame: PostureFrame, partition: int) -> WorkerRecord:
+        record = self.records.get(worker)
+        if record is None:
+            record = self._load(worker)
+            if record is None:
+                record = WorkerRecord(
+                    state=self.engine.new_state(),
+                    site_id=sys.intern(frame.site_id),
+                    device_id=frame.device_id,
+                    partition=partition,
+                )
+            self.records[worker] = record
+        return record
+
+    def _drain(self, worker: str, record: WorkerRecord, gap_timeout: bool) -> None:
+        """Apply buffered frames that now follow on, or all of them once the lateness has passed."""
+        buffer = record.buffer
+        while buffer:
+            head = buffer[0]
+            expected = record.state.end_s
+            contiguous = abs(head.start_s - expected) <= 0.5 / max(self._rate(head), 1.0)
+            waited_long_enough = buffer[-1].end_s - expected > self.config.allowed_lateness_s
+            if not (contiguous or waited_long_enough or gap_timeout):
+                return
+            buffer.pop(0)
+            frame = head.frame if head.frame is not None else PostureFrame.model_validate_json(head.raw)
+            self._apply(worker, record, frame, head.start_s)
+
+    @staticmethod
+    def _rate(buffered: Buffered) -> float:
+        frame = buffered.frame
+        return float(frame.rate_hz) if frame is not None else 100.0
+
+    def _apply(self, worker: str, record: WorkerRecord, frame: PostureFrame, start_s: float) -> None:
+        samples = {
+            name: np.asarray(values, dtype=np.float64) for name, values in frame.samples.present().items()
+        }
+        outcome = self.engine.process(record.state, start_s, frame.rate_hz, samples, rest=bool(frame.rest))
+        self.counters.frames_applied += 1
+        self.counters.samples_applied += frame.n_samples
+        record.device_id = frame.device_id
+        for window in outcome.closed:
+            self._emit_window(worker, record, window)
+        for alert in outcome.alerts:
+            self._emit_alert(worker, record, alert)
+
+    def _emit_window(self, worker: str, record: WorkerRecord, window: WindowAggregate) -> None:
+        self.counters.windows_closed += 1
+        self.lines.append(exposure_line(record.site_id, record.team, worker, window))
+        message = {
+            "schema_version": 1,
+            "worker_id": worker,
+            "site_id": record.site_id,
+            "team": record.team,
+            "window_start": _iso(window.window_start_s),
+            "window_s": window.window_s,
+            "thresholds_version": window.thresholds_version,
+            "frames": window.frames,
+            "wear_s": window.wear_s,
+            "samples": window.samples,
+            "zone_s": window.zone_s,
+            "cutpoints_s": window.cutpoints_s,
+            "longest_hold_s": window.longest_hold_s,
+            "dose": window.dose,
+        }
+        self.out.windows.append((worker.encode(), orjson.dumps(message)))
+
+    def _emit_alert(self, worker: str, record: WorkerRecord, alert: Alert) -> None:
+        self.counters.alerts += 1
+        # deterministic id: a replay after a crash re-emits the same alert, which consumers dedupe
+        alert_id = str(uuid.uuid5(ALERT_NAMESPACE, f"{worker}|{alert.kind}|{alert.segment}|{alert.ts_s:.3f}"))
+        self.lines.append(
+            break_alert_line(
+                record.site_id,
+                record.team,
+                worker,
+                alert.kind,
+                alert.segment,
+                alert.dose,
+                alert_id,
+                alert.ts_s,
+            )
+        )
+        message = {
+            "schema_version": 1,
+            "alert_id": alert_id,
+            "worker_id": worker,
+            "site_id": record.site_id,
+            "team": record.team,
+            "kind": alert.kind,
+            "ts": _iso(alert.ts_s),
+            "segment": alert.segment,
+            "dose": alert.dose,
+            "routine": list(alert.routine),
+            "thresholds_version": self.thresholds_version,
+        }
+        self.out.alerts.append((worker.encode(), orjson.dumps(message)))
+
+    def _dead_letter(
+        self, key: bytes | None, value: bytes, partition: int, offset: int, reason: DeadReason, detail: str
+    ) -> None:
+        self.counters.dead_lettered[reason.value] += 1
+        self._reject_log.warning(
+            reason.value, "frame dead-lettered", reason=reason.value, detail=detail[:200]
+        )
+        letter = {
+            "schema_version": 1,
+            "reason": reason.value,
+            "detail": detail[:2_000],
+            "source_topic": self.config.source_topic,
+            "source_partition": partition,
+            "source_offset": offset,
+            "received_at": _iso(self._clock()),
+            "original_b64": base64.b64encode(value).decode(),
+            "key_b64": base64.b64encode(key).decode() if key is not None else None,
+        }
+        self.out.dead_letters.append((key, orjson.dumps(letter)))
+
+    # --- checkpoint --------------------------------------------------------------------------
+
+    def take_outputs(self) -> Outputs:
+        out, self.out = self.out, Outputs()
+        return out
+
+    def snapshot(self) -> tuple[dict[str, WorkerRecord], list[str]]:
+        """Dirty records and every point that covers them, in one synchronous step.
+
+        Points: windows closed since the last snapshot plus each dirty worker's open window,
+        written as a partial point that later writes of the same window overwrite.
+        """
+        now = time.monotonic()
+        for worker in list(self.dirty):
+            record = self.records[worker]
+            if record.buffer and now - record.buffered_since > self.config.allowed_lateness_s:
+                self._drain(worker, record, gap_timeout=True)  # the gap will not fill: go on
+        dirty = {worker: self.records[worker] for worker in self.dirty}
+        for worker, record in dirty.items():
+            window = self.engine.open_window(record.state)
+            if window is not None:
+                self.lines.append(exposure_line(record.site_id, record.team, worker, window))
+        self.dirty = set()
+        lines, self.lines = self.lines, []
+        return dirty, lines
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        """Forget workers of partitions this instance no longer owns (after a rebalance)."""
+        for worker in [w for w, r in self.records.items() if r.partition in partitions]:
+            del self.records[worker]
+            self.dirty.discard(worker)

@@ -1,0 +1,71 @@
+"""InfluxQL reads on `/query` (InfluxDB 1.x, 2.x v1-compat, 3.x) and the queries strainwatch runs.
+
+Errors come back as HTTP 200 with `results[i].error` set on 2.x, so every read checks it. The token
+goes in `Authorization: Token ...` (2.x answers `Bearer` with 401).
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import orjson
+
+from strainwatch.storage.measurements import EXPOSURE
+
+
+class InfluxQLError(RuntimeError):
+    pass
+
+
+class InfluxQL:
+    def __init__(self, url: str, token: str, database: str, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.database = database
+        self.timeout_s = timeout_s
+
+    def query(self, q: str) -> list[dict[str, Any]]:
+        """Run one statement; returns its series (name, tags, columns, values), raising on any error."""
+        params = urllib.parse.urlencode({"db": self.database, "q": q, "epoch": "s"})
+        request = urllib.request.Request(
+            f"{self.url}/query?{params}", headers={"Authorization": f"Token {self.token}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
+                body = orjson.loads(resp.read())
+        except urllib.error.HTTPError as error:
+            raise InfluxQLError(f"InfluxQL HTTP {error.code}: {error.read()[:500]!r}") from error
+        except OSError as error:
+            raise InfluxQLError(f"InfluxDB unreachable at {self.url}: {error}") from error
+        if "error" in body:
+            raise InfluxQLError(str(body["error"]))
+        results = body.get("results") or [{}]
+        if results[0].get("error"):
+            raise InfluxQLError(str(results[0]["error"]))
+        return list(results[0].get("series") or [])
+
+    def scalar(self, q: str) -> float:
+        series = self.query(q)
+        if not series or not series[0].get("values"):
+            return 0.0
+        value = series[0]["values"][0][1]
+        return float(value or 0.0)
+
+
+# --- queries shared by the demo, reports, dashboards and tests -------------------------------
+
+
+def exposure_points_count() -> str:
+    return f'SELECT COUNT("wear_s") FROM "{EXPOSURE}"'
+
+
+def exposure_field_sum(field: str, where: str = "") -> str:
+    return f'SELECT SUM("{field}") FROM "{EXPOSURE}"' + (f" WHERE {where}" if where else "")
+
+
+def exposure_sums_by_worker(fields: list[str]) -> str:
+    cols = ", ".join(f'SUM("{f}") AS "{f}"' for f in fields)
+    return f'SELECT {cols} FROM "{EXPOSURE}" GROUP BY "worker"'

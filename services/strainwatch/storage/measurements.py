@@ -1,0 +1,100 @@
+"""The one definition of strainwatch's InfluxDB measurements, tags and fields, as line protocol.
+
+A point is identified by measurement + tags + timestamp, so a replayed or rewritten window
+overwrites its point instead of doubling it (DESIGN.md, Storage). Timestamps are whole seconds and
+every write says so (`precision=s`): /api/v2/write assumes nanoseconds otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+EXPOSURE = "exposure"
+BREAK_ALERT = "break_alert"
+BREAK_ACK = "break_ack"
+INCIDENT = "incident"
+
+EXPOSURE_TAGS = ("site", "team", "worker")
+UNASSIGNED_TEAM = "unassigned"  # until the roster names the worker's team
+
+WRITE_PRECISION = "s"
+
+
+def _escape_tag(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ")
+
+
+def _escape_str_field(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', r"\"") + '"'
+
+
+def line(
+    measurement: str, tags: Mapping[str, str], fields: Mapping[str, float | int | str | bool], ts_s: int
+) -> str:
+    tag_part = ",".join(f"{k}={_escape_tag(v)}" for k, v in sorted(tags.items()) if v)
+    parts = []
+    for name, value in fields.items():
+        if isinstance(value, bool):
+            parts.append(f"{name}={'true' if value else 'false'}")
+        elif isinstance(value, int):
+            parts.append(f"{name}={value}i")
+        elif isinstance(value, float):
+            parts.append(f"{name}={value!r}")
+        else:
+            parts.append(f"{name}={_escape_str_field(value)}")
+    head = f"{measurement},{tag_part}" if tag_part else measurement
+    return f"{head} {','.join(parts)} {ts_s}"
+
+
+class WindowLike(Protocol):
+    window_start_s: int
+    frames: int
+    wear_s: float
+    samples: dict[str, int]
+    zone_s: dict[str, dict[str, float]]
+    cutpoints_s: dict[str, dict[str, float]]
+    longest_hold_s: dict[str, float]
+    dose: dict[str, float]
+    violations: int
+    thresholds_version: str
+
+
+def exposure_fields(window: WindowLike) -> dict[str, float | int | str | bool]:
+    """Every field of a window, always all of them: InfluxDB rewrites a point field by field."""
+    fields: dict[str, float | int | str | bool] = {
+        "frames": int(window.frames),
+        "wear_s": float(window.wear_s),
+        "violations": int(window.violations),
+        "thresholds": window.thresholds_version,
+    }
+    for segment, count in window.samples.items():
+        fields[f"samples_{segment}"] = int(count)
+    for segment, zones in window.zone_s.items():
+        for zone, seconds in zones.items():
+            fields[f"zone_{segment}_{zone}_s"] = float(seconds)
+    for segment, cuts in window.cutpoints_s.items():
+        for cut, seconds in cuts.items():
+            fields[f"cut_{segment}_{cut}_s"] = float(seconds)
+    for segment, seconds in window.longest_hold_s.items():
+        fields[f"hold_{segment}_s"] = float(seconds)
+    for segment, dose in window.dose.items():
+        fields[f"dose_{segment}"] = float(dose)
+    return fields
+
+
+def exposure_line(site: str, team: str | None, worker: str, window: WindowLike) -> str:
+    tags = {"site": site, "team": team or UNASSIGNED_TEAM, "worker": worker}
+    return line(EXPOSURE, tags, exposure_fields(window), int(window.window_start_s))
+
+
+def break_alert_line(
+    site: str, team: str | None, worker: str, kind: str, segment: str, dose: float, alert_id: str, ts_s: float
+) -> str:
+    tags = {"site": site, "team": team or UNASSIGNED_TEAM, "worker": worker, "kind": kind}
+    fields: dict[str, float | int | str | bool] = {
+        "segment": segment,
+        "dose": float(dose),
+        "alert_id": alert_id,
+    }
+    return line(BREAK_ALERT, tags, fields, int(ts_s))
