@@ -1,7 +1,260 @@
-"""Placeholder until its module lands."""
+"""`strainwatch demo`: the whole pipeline on the local stack, then a readable summary.
 
+Brings the stack up if needed, starts the processor, backfills a couple of days for a small fleet,
+streams a short live period in real time, waits until every frame is accounted for, prints a
+summary and, as the last line, one JSON object.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
 
-def register(app: Any) -> None:
-    pass
+from strainwatch.config import get_settings
+from strainwatch.storage.influxql import InfluxQL, InfluxQLError
+
+console = Console(stderr=True)
+
+
+def _paced(frames: Iterable[Any], frame_s: float) -> Iterator[Any]:
+    """Release each live frame when its last sample has happened, as a wearable would."""
+    for item in frames:
+        due = item.start_s + frame_s
+        delay = due - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        yield item
+
+
+def _dead_letter_offsets(bootstrap: str) -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    from strainwatch.topics import POSTURE_DEADLETTER
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        partitions = consumer.partitions_for_topic(POSTURE_DEADLETTER.name) or set()
+        tps = [TopicPartition(POSTURE_DEADLETTER.name, p) for p in partitions]
+        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()
+
+
+def _count_new(before: dict[int, int], after: dict[int, int]) -> int:
+    return sum(after.get(p, 0) - before.get(p, 0) for p in after)
+
+
+def run_demo(
+    workers: int, days: float, live_s: float, invalid_rate: float, seed: int, broker: str | None
+) -> dict[str, Any]:
+    from strainwatch.gateway.producer import produce
+    from strainwatch.gateway.simulator import FleetSimulator, SimConfig, backfill_config
+    from strainwatch.stack.manager import Stack, StackConfig
+    from strainwatch.topics import POSTURE_EVENTS
+
+    started = time.monotonic()
+    settings = get_settings()
+    stack_cfg = StackConfig.from_settings(broker)  # type: ignore[arg-type]
+    console.rule("1/5 local stack")
+    Stack(stack_cfg).up()
+    console.print(
+        f"broker [bold]{stack_cfg.broker}[/] at {stack_cfg.bootstrap}, InfluxDB at {stack_cfg.influx_url}"
+    )
+
+    run_at = datetime.now(UTC).replace(microsecond=0)
+    site = f"demo-{run_at:%Y%m%d%H%M%S}"
+    dlq_before = _dead_letter_offsets(stack_cfg.bootstrap)
+
+    console.rule("2/5 processor")
+    log_path = Path(stack_cfg.state_dir) / "logs" / "processor.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "STRAINWATCH_KAFKA_BOOTSTRAP": stack_cfg.bootstrap,
+        "STRAINWATCH_INFLUX_URL": stack_cfg.influx_url,
+        "STRAINWATCH_INFLUX_BUCKET": stack_cfg.influx_bucket,
+        "STRAINWATCH_POSTURE_PARTITIONS": str(stack_cfg.posture_partitions),
+        "STRAINWATCH_LOG_FORMAT": "json",
+    }
+    with open(log_path, "ab") as log_file:
+        processor = subprocess.Popen(
+            [sys.executable, "-m", "strainwatch.cli", "processor"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    console.print(f"processor pid {processor.pid}, log {log_path}")
+    try:
+        console.rule(f"3/5 backfill: {workers} workers, {days:g} days of history")
+        history = FleetSimulator(
+            backfill_config(
+                days=days, workers=workers, now=run_at, seed=seed, site_id=site, invalid_rate=invalid_rate
+            )
+        )
+        backfill = produce(history.frames(), stack_cfg.bootstrap, POSTURE_EVENTS.name, progress=True)
+        console.print(f"backfilled {backfill.frames_produced:,} frames in {backfill.elapsed_s:.1f} s")
+
+        console.rule(f"4/5 live: {live_s:g} s of 1-second frames at 10 Hz")
+        live_cfg = SimConfig(
+            workers=workers,
+            rate_hz=10.0,
+            frame_s=1.0,
+            duration_s=live_s,
+            start=datetime.fromtimestamp(time.time() // 1, UTC),
+            seed=seed + 1,
+            invalid_rate=invalid_rate,
+            site_id=site,
+        )
+        live = produce(
+            _paced(FleetSimulator(live_cfg).frames(), 1.0),
+            stack_cfg.bootstrap,
+            POSTURE_EVENTS.name,
+            progress=True,
+        )
+        produced = backfill.frames_produced + live.frames_produced
+        valid = backfill.valid_frames + live.valid_frames
+        invalid = backfill.invalid_frames + live.invalid_frames
+
+        console.rule("5/5 waiting for the processor to account for every frame")
+        ql = InfluxQL(stack_cfg.influx_url, settings.influx_token.get_secret_value(), stack_cfg.influx_bucket)
+        where = f"\"site\" = '{site}'"
+        deadline = time.monotonic() + 300
+        processed = dead = 0
+        while time.monotonic() < deadline:
+            if processor.poll() is not None:
+                raise RuntimeError(f"the processor exited ({processor.returncode}); see {log_path}")
+            try:
+                processed = int(ql.scalar(f'SELECT SUM("frames") FROM "exposure" WHERE {where}'))
+            except InfluxQLError:
+                processed = 0
+            dead = _count_new(dlq_before, _dead_letter_offsets(stack_cfg.bootstrap))
+            if processed >= valid and dead >= invalid:
+                break
+            time.sleep(0.5)
+        summary = _summary(ql, where, site)
+    finally:
+        processor.send_signal(signal.SIGTERM)
+        try:
+            processor.wait(40)
+        except subprocess.TimeoutExpired:
+            processor.kill()
+    by_reason = Counter(backfill.by_reason) + Counter(live.by_reason)
+    _print_summary(summary, produced, processed, dead, by_reason, site)
+    return {
+        "frames_produced": produced,
+        "frames_processed": processed,
+        "dead_lettered": dead,
+        "exposure_points": summary["exposure_points"],
+        "influx_url": stack_cfg.influx_url,
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+
+
+def _summary(ql: InfluxQL, where: str, site: str) -> dict[str, Any]:
+    points = int(ql.scalar(f'SELECT COUNT("wear_s") FROM "exposure" WHERE {where}'))
+    alerts = {
+        s["tags"]["kind"]: int(s["values"][0][1])
+        for s in ql.query(f'SELECT COUNT("dose") FROM "break_alert" WHERE {where} GROUP BY "kind"')
+    }
+    fields = [
+        "wear_s",
+        "zone_trunk_flexion_conditional_s",
+        "zone_trunk_flexion_not_acceptable_s",
+        "zone_neck_flexion_conditional_s",
+        "zone_neck_flexion_not_acceptable_s",
+        "zone_arm_elevation_right_not_acceptable_s",
+        "cut_arm_elevation_right_gt90_s",
+        "violations",
+    ]
+    cols = ", ".join(f'SUM("{f}")' for f in fields)
+    teams = {}
+    for s in ql.query(f'SELECT {cols} FROM "exposure" WHERE {where} GROUP BY "team"'):
+        values = dict(zip(fields, s["values"][0][1:], strict=True))
+        teams[s["tags"]["team"]] = {k: float(v or 0) for k, v in values.items()}
+    return {"site": site, "exposure_points": points, "alerts": alerts, "teams": teams}
+
+
+def _print_summary(
+    summary: dict[str, Any], produced: int, processed: int, dead: int, by_reason: Counter[str], site: str
+) -> None:
+    out = Console()
+    out.rule(f"strainwatch demo: site {site}")
+    out.print(
+        f"frames produced {produced:,} = processed {processed:,} + dead-lettered {dead:,}"
+        + (
+            "  [green]✓ every frame accounted for[/]"
+            if produced == processed + dead
+            else "  [red]✗ mismatch[/]"
+        )
+    )
+    if by_reason:
+        out.print("dead-letter reasons: " + ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items())))
+    out.print(f"exposure points in InfluxDB: {summary['exposure_points']:,}")
+    alerts = summary["alerts"]
+    out.print(
+        f"break alerts: {alerts.get('conditioning_break', 0)} conditioning breaks, "
+        f"{alerts.get('posture_hold', 0)} posture nudges"
+    )
+    table = Table(title="Exposure by team (share of wear time)")
+    for column in (
+        "team",
+        "wear h",
+        "trunk 20-60°",
+        "trunk ≥60°",
+        "neck cond.",
+        "neck n/a",
+        "arm ≥60°",
+        "arm >90°",
+        "violations",
+    ):
+        table.add_column(column, justify="right")
+    for team, v in sorted(summary["teams"].items()):
+        wear = v["wear_s"] or 1.0
+        table.add_row(
+            team,
+            f"{v['wear_s'] / 3600:.1f}",
+            f"{100 * v['zone_trunk_flexion_conditional_s'] / wear:.1f} %",
+            f"{100 * v['zone_trunk_flexion_not_acceptable_s'] / wear:.1f} %",
+            f"{100 * v['zone_neck_flexion_conditional_s'] / wear:.1f} %",
+            f"{100 * v['zone_neck_flexion_not_acceptable_s'] / wear:.1f} %",
+            f"{100 * v['zone_arm_elevation_right_not_acceptable_s'] / wear:.1f} %",
+            f"{100 * v['cut_arm_elevation_right_gt90_s'] / wear:.1f} %",
+            f"{int(v['violations'])}",
+        )
+    out.print(table)
+    out.print(
+        "The stack keeps running for inspection: `strainwatch stack status`; stop it with `make stack-down`."
+    )
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(
+        workers: int = typer.Option(10, min=1, max=2_000, help="simulated workers"),
+        days: float = typer.Option(2.0, min=0, max=31, help="days of history to backfill"),
+        live_s: float = typer.Option(30.0, "--live-s", min=0, max=3_600, help="seconds of live streaming"),
+        invalid_rate: float = typer.Option(0.01, min=0, max=1, help="share of malformed frames"),
+        seed: int = typer.Option(7, help="simulation seed"),
+        broker: str = typer.Option(None, help="tansu (default) or kafka"),
+    ) -> None:
+        """Local stack, simulated fleet, processor, alerts and a summary; the last line is JSON."""
+        if broker is not None and broker not in ("tansu", "kafka"):
+            raise typer.BadParameter(
+                f"unknown broker {broker!r}: choose tansu or kafka", param_hint="--broker"
+            )
+        result = run_demo(workers, days, live_s, invalid_rate, seed, broker)
+        typer.echo(orjson.dumps(result).decode())
