@@ -148,6 +148,11 @@ class Processor:
             if (self.pending or self.runtime.dirty) and time.monotonic() - self._last_checkpoint >= interval:
                 await self.checkpoint("timer")
 
+        @app.on_partitions_assigned.connect
+        async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
+            mine = sorted(tp.partition for tp in assigned if tp.topic == POSTURE_EVENTS.name)
+            log.info("partitions assigned", partitions=mine)
+
         @app.on_partitions_revoked.connect
         async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
             await self.checkpoint("revoked")

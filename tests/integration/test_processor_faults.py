@@ -1,0 +1,185 @@
+"""Faults on Apache Kafka (Tansu keeps nothing across restarts) and the real InfluxDB.
+
+- `kill -9` mid-stream, restart: the same InfluxDB points and alerts as an uninterrupted run.
+- InfluxDB stopped for 20 s while frames flow: nothing missing once it returns.
+- SIGTERM: the processor stops within 30 s with state and points flushed; a restart adds nothing twice.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaProducer
+
+from strainwatch.storage.influxql import InfluxQL
+from strainwatch.topics import POSTURE_EVENTS
+from tests.integration.conftest import Broker, Influx, processor_env
+from tests.support import aligned_start, encode, frame, wait_for
+
+pytestmark = pytest.mark.integration
+
+PROFILES = [
+    {"trunk_flexion": 35.0, "neck_flexion": 30.0, "arm_elevation_left": 70.0, "arm_elevation_right": 100.0},
+    {"trunk_flexion": 5.0, "neck_flexion": 10.0, "arm_elevation_left": 15.0, "arm_elevation_right": 10.0},
+    {"trunk_flexion": 65.0, "neck_flexion": 50.0, "arm_elevation_left": 30.0, "arm_elevation_right": 30.0},
+]
+
+
+def workload(workers: int, seconds: int, offset_s: int = 0) -> list[tuple[bytes, bytes]]:
+    """Frames of `workers` workers, one per second each, postures that raise holds and alerts."""
+    start = aligned_start(hours_ago=4) + timedelta(seconds=offset_s)
+    out = []
+    for second in range(seconds):
+        for w in range(workers):
+            worker = f"w-{w:04d}"
+            angles = PROFILES[w % len(PROFILES)]
+            # a posture change every 3 minutes keeps holds, violations and recoveries coming
+            if (second // 180 + w) % 4 == 3:
+                angles = PROFILES[1]
+            doc = frame(worker, start + timedelta(seconds=second), angles=angles)
+            out.append((worker.encode(), encode(doc)))
+    return out
+
+
+def produce(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=262_144)
+    for key, value in messages:
+        producer.send(POSTURE_EVENTS.name, key=key, value=value)
+    producer.flush(60)
+    producer.close()
+
+
+def stored_frames(ql: InfluxQL) -> int:
+    try:
+        return int(ql.scalar('SELECT SUM("frames") FROM "exposure"'))
+    except Exception:
+        return 0
+
+
+def all_points(ql: InfluxQL, measurement: str) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Every point of a measurement keyed by (tags..., time), fields as a dict."""
+    points: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for series in ql.query(f'SELECT * FROM "{measurement}" GROUP BY *'):
+        tags = tuple(sorted((series.get("tags") or {}).items()))
+        columns = series["columns"]
+        for row in series["values"]:
+            fields = {c: v for c, v in zip(columns, row, strict=True) if c != "time" and v is not None}
+            points[(tags, row[0])] = fields
+    return points
+
+
+def run_to_completion(run_processor: Any, env: dict[str, str], ql: InfluxQL, total: int) -> None:
+    proc = run_processor(env)
+    wait_for(
+        lambda: (proc.running() or pytest.fail(proc.log())) and stored_frames(ql) >= total,
+        timeout_s=180,
+        what=f"{total} frames stored",
+    )
+    assert proc.terminate() == 0, proc.log()
+
+
+def test_kill_9_mid_stream_gives_the_same_results(
+    kafka: Broker, influx: Influx, run_processor: Any, tmp_path: Path
+) -> None:
+    messages = workload(workers=150, seconds=150)
+    total = len(messages)
+    produce(kafka.bootstrap, messages)
+
+    reference_db = influx.new_database()
+    reference = influx.ql(reference_db)
+    run_to_completion(
+        run_processor, processor_env(kafka, influx, reference_db, tmp_path / "ref"), reference, total
+    )
+
+    crash_db = influx.new_database()
+    crashed = influx.ql(crash_db)
+    env = processor_env(kafka, influx, crash_db, tmp_path / "crash", STRAINWATCH_MAX_PENDING_FRAMES="1500")
+    first = run_processor(env)
+    at_kill = wait_for(
+        lambda: (first.running() or pytest.fail(first.log())) and stored_frames(crashed),
+        timeout_s=120,
+        what="a first checkpoint",
+        interval_s=0.02,
+    )
+    first.kill9()
+    assert at_kill < total, "the processor finished before it could be killed mid-stream: use more frames"
+    run_to_completion(run_processor, env, crashed, total)
+
+    assert stored_frames(crashed) == total
+    assert all_points(crashed, "exposure") == all_points(reference, "exposure")
+    reference_alerts = all_points(reference, "break_alert")
+    assert reference_alerts, "the workload should raise alerts"
+    assert all_points(crashed, "break_alert") == reference_alerts
+
+
+def test_influxdb_outage_loses_nothing(
+    kafka: Broker, influx: Influx, run_processor: Any, tmp_path: Path
+) -> None:
+    before = workload(workers=40, seconds=60)
+    during = workload(workers=40, seconds=60, offset_s=60)
+    database = influx.new_database()
+    ql = influx.ql(database)
+    proc = run_processor(processor_env(kafka, influx, database, tmp_path / "state"))
+    produce(kafka.bootstrap, before)
+    wait_for(lambda: stored_frames(ql) >= len(before), timeout_s=120, what="frames before the outage")
+
+    influx.stop_influxd()
+    try:
+        produce(kafka.bootstrap, during)
+        outage_end = time.monotonic() + 20.0
+        while time.monotonic() < outage_end:  # the scenario: 20 s without InfluxDB
+            assert proc.running(), proc.log()
+            time.sleep(0.5)
+    finally:
+        influx.start_influxd()
+    total = len(before) + len(during)
+    wait_for(lambda: stored_frames(ql) >= total, timeout_s=120, what="every frame after the outage")
+    assert proc.terminate() == 0, proc.log()
+    assert stored_frames(ql) == total
+    assert ql.scalar('SELECT SUM("samples_trunk_flexion") FROM "exposure"') == total * 10
+    assert "influx write failed" in proc.log()
+
+
+def test_sigterm_flushes_and_restart_adds_nothing_twice(
+    kafka: Broker, influx: Influx, run_processor: Any, tmp_path: Path
+) -> None:
+    messages = workload(workers=100, seconds=120)
+    total = len(messages)
+    produce(kafka.bootstrap, messages)
+    database = influx.new_database()
+    ql = influx.ql(database)
+    env = processor_env(kafka, influx, database, tmp_path / "state", STRAINWATCH_CHECKPOINT_INTERVAL_S="30")
+    first = run_processor(env)
+    wait_for(
+        lambda: "partitions assigned" in first.log() or stored_frames(ql) or None,
+        timeout_s=60,
+        what="the processor to start consuming",
+    )
+    started = time.monotonic()
+    assert first.terminate(timeout_s=30) == 0, first.log()
+    assert time.monotonic() - started < 30
+    assert "processor stopped cleanly" in first.log()
+    run_to_completion(run_processor, env, ql, total)
+    assert stored_frames(ql) == total
+    assert ql.scalar('SELECT SUM("samples_arm_elevation_right") FROM "exposure"') == total * 10
+
+
+def test_sigterm_with_the_broker_gone_still_stops_within_30_s(
+    kafka: Broker, influx: Influx, run_processor: Any, tmp_path: Path
+) -> None:
+    from strainwatch.stack.procs import stop
+
+    messages = workload(workers=10, seconds=20)
+    produce(kafka.bootstrap, messages)
+    database = influx.new_database()
+    ql = influx.ql(database)
+    proc = run_processor(processor_env(kafka, influx, database, tmp_path / "state"))
+    wait_for(lambda: stored_frames(ql) >= len(messages), timeout_s=120, what="frames stored")
+    stop(kafka.proc)
+    started = time.monotonic()
+    proc.terminate(timeout_s=30)
+    assert time.monotonic() - started < 30
