@@ -11,7 +11,6 @@ from typing import Any
 
 import typer
 
-
 STOP_DEADLINE_S = 27.0
 
 
