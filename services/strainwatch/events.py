@@ -54,7 +54,7 @@ def _angles(lo: float, hi: float) -> Any:
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
 
 
 class PostureSamples(BaseModel):

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import numpy as np
 import orjson
 import structlog
 
@@ -207,10 +206,9 @@ class Runtime:
         return float(frame.rate_hz) if frame is not None else 100.0
 
     def _apply(self, worker: str, record: WorkerRecord, frame: PostureFrame, start_s: float) -> None:
-        samples = {
-            name: np.asarray(values, dtype=np.float64) for name, values in frame.samples.present().items()
-        }
-        outcome = self.engine.process(record.state, start_s, frame.rate_hz, samples, rest=bool(frame.rest))
+        outcome = self.engine.process(
+            record.state, start_s, frame.rate_hz, frame.samples.present(), rest=bool(frame.rest)
+        )
         self.counters.frames_applied += 1
         self.counters.samples_applied += frame.n_samples
         record.device_id = frame.device_id

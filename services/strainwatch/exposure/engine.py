@@ -1,0 +1,569 @@
+"""Samples to exposure: zones, static holds, strain dose with recovery, break decisions (DOMAIN.md).
+
+Pure and deterministic: event time only, no I/O. Samples are processed one by one in event time, so
+the same samples in the same order give the same result however they are split into frames. A
+worker's state is a flat array of doubles (about 1 KiB) so a processor can hold 10,000+ of them.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from strainwatch.exposure.thresholds import SegmentThresholds, Thresholds
+
+SEGMENT_ORDER: tuple[str, ...] = (
+    "trunk_flexion",
+    "trunk_lateral",
+    "trunk_twist",
+    "neck_flexion",
+    "arm_elevation_left",
+    "arm_elevation_right",
+)
+ZONES: tuple[str, str, str] = ("acceptable", "conditional", "not_acceptable")
+NEVER = -math.inf
+
+# global slots
+G_END, G_WIN, G_FRAMES, G_WEAR, G_VIOL, G_LAST_BREAK, G_BREAK_SHIFT, G_BREAK_COUNT, G_DT = range(9)
+NG = 9
+# per-segment slots, at NG + index * NS
+DOSE, ACTIVE, H_START, H_SUM, H_N, H_LAST_IN, LAST_NUDGE, LAST_ENTRY, FREQUENT, PREV_OUT = range(10)
+W_SAMPLES, W_ACC, W_COND, W_NA, W_CUT0, W_CUT1, W_CUT2, W_LONGEST = range(10, 18)
+NS = 18
+MAX_CUTPOINTS = 3
+_STATE_VERSION = 1
+
+
+def _r(value: float) -> float:
+    """Outputs are rounded to the microsecond: sums of 1/rate steps carry float noise (9.999999…)."""
+    return round(value, 6)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    kind: Literal["posture_hold", "conditioning_break"]
+    ts_s: float
+    segment: str
+    dose: float
+    routine: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    segment: str
+    start_s: float
+    duration_s: float
+    mean_angle: float
+
+
+@dataclass(slots=True)
+class WindowAggregate:
+    window_start_s: int
+    window_s: int
+    frames: int
+    wear_s: float
+    samples: dict[str, int]
+    zone_s: dict[str, dict[str, float]]
+    cutpoints_s: dict[str, dict[str, float]]
+    longest_hold_s: dict[str, float]
+    dose: dict[str, float]
+    violations: int
+    thresholds_version: str
+
+
+@dataclass(slots=True)
+class FrameOutcome:
+    alerts: list[Alert] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    closed: list[WindowAggregate] = field(default_factory=list)
+
+
+class WorkerState:
+    """One worker's exposure state: a flat array of doubles (see the slot constants)."""
+
+    __slots__ = ("slots",)
+
+    def __init__(self, slots: array[float]) -> None:
+        self.slots = slots
+
+    @classmethod
+    def new(cls) -> WorkerState:
+        slots = array("d", bytes(8 * (NG + NS * len(SEGMENT_ORDER))))
+        slots[G_END] = NEVER
+        slots[G_WIN] = NEVER
+        slots[G_LAST_BREAK] = NEVER
+        slots[G_BREAK_SHIFT] = NEVER
+        for index in range(len(SEGMENT_ORDER)):
+            base = NG + index * NS
+            slots[base + LAST_NUDGE] = NEVER
+            slots[base + LAST_ENTRY] = NEVER
+        return cls(slots)
+
+    @property
+    def end_s(self) -> float:
+        """Event time just after the last processed sample; -inf before the first."""
+        return self.slots[G_END]
+
+    def dose(self, segment: str) -> float:
+        return self.slots[NG + SEGMENT_ORDER.index(segment) * NS + DOSE]
+
+    def to_bytes(self) -> bytes:
+        return bytes([_STATE_VERSION]) + self.slots.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> WorkerState:
+        if not data or data[0] != _STATE_VERSION:
+            raise ValueError("unknown exposure state version")
+        slots = array("d")
+        slots.frombytes(data[1:])
+        if len(slots) != NG + NS * len(SEGMENT_ORDER):
+            raise ValueError("exposure state has the wrong size")
+        return cls(slots)
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    index: int
+    name: str
+    region: str
+    symmetric: bool
+    acceptable_max: float
+    conditional_max: float
+    negative_not_acceptable: bool
+    limit_a0: float
+    limit_s0: float
+    limit_a1: float
+    limit_s1: float
+    cutpoints: tuple[float, ...]
+    cut_names: tuple[str, ...]
+
+    def zone(self, angle: float) -> int:
+        """0 acceptable, 1 conditional, 2 not acceptable (before the movement-frequency rule)."""
+        if self.symmetric:
+            angle = abs(angle)
+        elif angle < 0:
+            return 2 if self.negative_not_acceptable else 0
+        if angle < self.acceptable_max:
+            return 0
+        if angle < self.conditional_max:
+            return 1
+        return 2
+
+    def limit(self, mean_angle: float, not_acceptable_limit_s: float) -> float:
+        """Maximum acceptable holding time at this mean angle (linear approximation of ISO 11226)."""
+        if self.zone(mean_angle) == 2:
+            return not_acceptable_limit_s
+        angle = abs(mean_angle) if self.symmetric else mean_angle
+        if angle <= self.limit_a0:
+            return self.limit_s0
+        if angle >= self.limit_a1:
+            return self.limit_s1
+        share = (angle - self.limit_a0) / (self.limit_a1 - self.limit_a0)
+        return self.limit_s0 + share * (self.limit_s1 - self.limit_s0)
+
+
+def _compile(index: int, name: str, seg: SegmentThresholds) -> _Segment:
+    if len(seg.cutpoints) > MAX_CUTPOINTS:
+        raise ValueError(f"{name}: at most {MAX_CUTPOINTS} cut-points")
+    (a0, s0), (a1, s1) = seg.holding_limit
+    return _Segment(
+        index=index,
+        name=name,
+        region=seg.region,
+        symmetric=seg.symmetric,
+        acceptable_max=seg.acceptable_max,
+        conditional_max=seg.conditional_max,
+        negative_not_acceptable=seg.negative_not_acceptable,
+        limit_a0=a0,
+        limit_s0=s0,
+        limit_a1=a1,
+        limit_s1=s1,
+        cutpoints=seg.cutpoints,
+        cut_names=tuple(f"gt{c:g}" for c in seg.cutpoints),
+    )
+
+
+class ExposureEngine:
+    def __init__(self, thresholds: Thresholds, window_s: int = 10) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be positive")
+        missing = [name for name in SEGMENT_ORDER if name not in thresholds.segments]
+        if missing:
+            raise ValueError(f"thresholds lack segments: {missing}")
+        self.thresholds = thresholds
+        self.window_s = window_s
+        self.version = thresholds.label
+        self._segments = {
+            name: _compile(i, name, thresholds.segments[name]) for i, name in enumerate(SEGMENT_ORDER)
+        }
+        per_min = thresholds.frequent_entries_per_min
+        # "≥ 2 movements per minute" (EN 1005-4): an entry within 60 s of the previous one
+        # (approximation: for k per minute, within 60/(k-1) s, i.e. k entries within a minute on average)
+        self._frequent_gap_s = 60.0 / (per_min - 1.0) if per_min > 1.0 else math.inf
+        rates = thresholds.dose_rate
+        self._rates = (rates["acceptable"], rates["conditional"], rates["not_acceptable"])
+        self._decay_cache: dict[float, float] = {}
+
+    def new_state(self) -> WorkerState:
+        return WorkerState.new()
+
+    def _decay(self, seconds: float) -> float:
+        factor = self._decay_cache.get(seconds)
+        if factor is None:
+            factor = 0.5 ** (seconds / self.thresholds.recovery_half_life_s)
+            if len(self._decay_cache) < 64:
+                self._decay_cache[seconds] = factor
+        return factor
+
+    # --- frames ------------------------------------------------------------------------------
+
+    def process(
+        self,
+        state: WorkerState,
+        start_s: float,
+        rate_hz: float,
+        samples: Mapping[str, Sequence[float]],
+        rest: bool = False,
+    ) -> FrameOutcome:
+        """Score one frame of samples (any subset of segments, equal lengths) in event time."""
+        s = state.slots
+        dt = 1.0 / rate_hz
+        present = [(self._segments[name], values) for name, values in samples.items() if len(values)]
+        if not present:
+            raise ValueError("a frame needs at least one segment")
+        n = len(present[0][1])
+        if any(len(values) != n for _, values in present):
+            raise ValueError("segment arrays differ in length")
+        end = s[G_END]
+        if end != NEVER and start_s < end - 0.5 * dt:
+            raise ValueError(
+                f"frame at {start_s} starts before the state's end {end}: frames must be in order"
+            )
+        out = FrameOutcome()
+        window_s = self.window_s
+        first_window = math.floor(start_s / window_s) * window_s
+        if s[G_WIN] != NEVER and first_window != s[G_WIN]:
+            out.closed.append(self._close_window(state))
+        if end != NEVER and start_s - end > 0.5 * dt:
+            self._gap(state, start_s - end, out)
+        if s[G_WIN] == NEVER:
+            s[G_WIN] = first_window
+        s[G_FRAMES] += 1
+        s[G_DT] = dt
+        th = self.thresholds
+        # samples split at window boundaries: each chunk belongs to one window
+        i0 = 0
+        while i0 < n:
+            t0 = start_s + i0 * dt
+            window = math.floor(t0 / window_s + 1e-9) * window_s
+            if window != s[G_WIN]:
+                out.closed.append(self._close_window(state))
+                s[G_WIN] = window
+            boundary = window + window_s
+            i1 = min(n, max(i0 + 1, math.ceil((boundary - start_s) / dt - 1e-9)))
+            self._chunk(state, present, start_s, dt, i0, i1, rest, th, out)
+            i0 = i1
+        s[G_END] = start_s + n * dt
+        return out
+
+    def _chunk(
+        self,
+        state: WorkerState,
+        present: list[tuple[_Segment, Sequence[float]]],
+        start_s: float,
+        dt: float,
+        i0: int,
+        i1: int,
+        rest: bool,
+        th: Thresholds,
+        out: FrameOutcome,
+    ) -> None:
+        s = state.slots
+        count = i1 - i0
+        s[G_WEAR] += count * dt
+        zones = [[seg.zone(a) for a in values[i0:i1]] for seg, values in present]
+        all_ok = (
+            [not any(col) for col in zip(*zones, strict=True)]
+            if len(zones) > 1
+            else [z == 0 for z in zones[0]]
+        )
+        decay = self._decay(dt)
+        rates = self._rates
+        over_mult = th.over_limit_multiplier
+        tol = th.hold_tolerance_deg
+        hyst = th.hold_hysteresis_s
+        na_limit = th.not_acceptable_limit_s
+        nudge_every = th.nudge_interval_s
+        frequent_gap = self._frequent_gap_s
+        break_possible = self._break_possible(s, len(present), count * dt)
+        trajectories: list[list[float]] = []
+        for (seg, values), seg_zones in zip(present, zones, strict=True):
+            b = NG + seg.index * NS
+            dose = s[b + DOSE]
+            active = s[b + ACTIVE]
+            prev_out = s[b + PREV_OUT]
+            s[b + W_SAMPLES] += count
+            traj: list[float] = []
+            if not active and not prev_out and not any(seg_zones):
+                # fast path: neutral all through, no hold: only cut-points and recovery to account
+                s[b + W_ACC] += count * dt
+                for k, cut in enumerate(seg.cutpoints):
+                    above = sum(1 for a in values[i0:i1] if a > cut)
+                    s[b + W_CUT0 + k] += above * dt
+                for ok in all_ok:
+                    if ok or rest:
+                        dose *= decay
+                    if break_possible:
+                        traj.append(dose)
+                s[b + DOSE] = dose
+                if break_possible:
+                    trajectories.append(traj)
+                continue
+            h_start = s[b + H_START]
+            h_sum = s[b + H_SUM]
+            h_n = s[b + H_N]
+            last_in = s[b + H_LAST_IN]
+            last_nudge = s[b + LAST_NUDGE]
+            last_entry = s[b + LAST_ENTRY]
+            frequent = s[b + FREQUENT]
+            longest = s[b + W_LONGEST]
+            w_zone = [0.0, 0.0, 0.0]
+            cuts = seg.cutpoints
+            cut_time = [0.0] * len(cuts)
+            for j in range(count):
+                i = i0 + j
+                a = values[i]
+                t = start_s + i * dt
+                base_zone = seg_zones[j]
+                zone = base_zone
+                if base_zone:
+                    if not prev_out:  # an entry into a conditional / not-acceptable zone
+                        frequent = 1.0 if t - last_entry <= frequent_gap else 0.0
+                        last_entry = t
+                    prev_out = 1.0
+                    if frequent and zone == 1:
+                        zone = 2  # EN 1005-4: frequent movements into the zone are not acceptable
+                else:
+                    prev_out = 0.0
+                    frequent = 0.0
+                w_zone[zone] += dt
+                for k in range(len(cuts)):
+                    if a > cuts[k]:
+                        cut_time[k] += dt
+                if active:
+                    if base_zone and abs(a - h_sum / h_n) <= tol:
+                        h_sum += a
+                        h_n += 1.0
+                        last_in = t
+                    elif t - last_in >= hyst:
+                        self._end_hold(seg, s, h_start, last_in + dt, h_sum / h_n, na_limit, out)
+                        active = 0.0
+                if not active and base_zone:
+                    active = 1.0
+                    h_start = t
+                    h_sum = a
+                    h_n = 1.0
+                    last_in = t
+                over = False
+                if active:
+                    duration = last_in + dt - h_start
+                    if duration > longest:
+                        longest = duration
+                    if duration > seg.limit(h_sum / h_n, na_limit):
+                        over = True
+                        if not rest and t - last_nudge >= nudge_every:
+                            last_nudge = t
+                            out.alerts.append(Alert("posture_hold", t, seg.name, self._upper_back(s)))
+                if all_ok[j] or rest:
+                    dose *= decay
+                else:
+                    dose += rates[zone] * (over_mult if over else 1.0) * dt
+                if break_possible:
+                    traj.append(dose)
+            s[b + DOSE] = dose
+            s[b + ACTIVE] = active
+            s[b + H_START] = h_start
+            s[b + H_SUM] = h_sum
+            s[b + H_N] = h_n
+            s[b + H_LAST_IN] = last_in
+            s[b + LAST_NUDGE] = last_nudge
+            s[b + LAST_ENTRY] = last_entry
+            s[b + FREQUENT] = frequent
+            s[b + PREV_OUT] = prev_out
+            s[b + W_LONGEST] = longest
+            s[b + W_ACC] += w_zone[0]
+            s[b + W_COND] += w_zone[1]
+            s[b + W_NA] += w_zone[2]
+            for k in range(len(cuts)):
+                s[b + W_CUT0 + k] += cut_time[k]
+            if break_possible:
+                trajectories.append(traj)
+        if break_possible and not rest:
+            self._maybe_break(state, present, trajectories, start_s, dt, i0, out)
+
+    def _upper_back(self, s: array[float]) -> float:
+        return sum(s[NG + i * NS + DOSE] for i in range(len(SEGMENT_ORDER)))
+
+    def _break_possible(self, s: array[float], n_present: int, seconds: float) -> bool:
+        """Whether upper-back dose could reach the break threshold within this chunk (else skip the check)."""
+        ceiling = (
+            self._upper_back(s) + n_present * self._rates[2] * self.thresholds.over_limit_multiplier * seconds
+        )
+        return ceiling >= self.thresholds.break_dose
+
+    def _maybe_break(
+        self,
+        state: WorkerState,
+        present: list[tuple[_Segment, Sequence[float]]],
+        trajectories: list[list[float]],
+        start_s: float,
+        dt: float,
+        i0: int,
+        out: FrameOutcome,
+    ) -> None:
+        s = state.slots
+        th = self.thresholds
+        present_indexes = {seg.index for seg, _ in present}
+        absent = sum(s[NG + i * NS + DOSE] for i in range(len(SEGMENT_ORDER)) if i not in present_indexes)
+        for j, doses in enumerate(zip(*trajectories, strict=True)):
+            upper_back = absent + sum(doses)
+            if upper_back < th.break_dose:
+                continue
+            t = start_s + (i0 + j) * dt
+            shift = math.floor(t / th.shift_s)
+            if s[G_BREAK_SHIFT] != shift:
+                s[G_BREAK_SHIFT] = shift
+                s[G_BREAK_COUNT] = 0
+            if t - s[G_LAST_BREAK] < th.break_cooldown_s or s[G_BREAK_COUNT] >= th.max_breaks_per_shift:
+                continue
+            s[G_LAST_BREAK] = t
+            s[G_BREAK_COUNT] += 1
+            # the routine targets the body region that contributed most dose
+            by_region: dict[str, float] = {}
+            for (seg, _), dose in zip(present, doses, strict=True):
+                by_region[seg.region] = by_region.get(seg.region, 0.0) + dose
+            for index, name in enumerate(SEGMENT_ORDER):
+                if index not in present_indexes:
+                    region = self._segments[name].region
+                    by_region[region] = by_region.get(region, 0.0) + s[NG + index * NS + DOSE]
+            region = max(sorted(by_region), key=lambda r: by_region[r])
+            top = max(
+                (
+                    (seg.name, dose)
+                    for (seg, _), dose in zip(present, doses, strict=True)
+                    if seg.region == region
+                ),
+                key=lambda item: item[1],
+                default=(region, 0.0),
+            )[0]
+            out.alerts.append(Alert("conditioning_break", t, top, upper_back, tuple(th.routines[region])))  # type: ignore[index]
+
+    def _end_hold(
+        self,
+        seg: _Segment,
+        s: array[float],
+        start: float,
+        end: float,
+        mean: float,
+        na_limit: float,
+        out: FrameOutcome,
+    ) -> None:
+        duration = end - start
+        if duration > seg.limit(mean, na_limit):
+            out.violations.append(Violation(seg.name, start, duration, mean))
+            s[G_VIOL] += 1
+
+    def _gap(self, state: WorkerState, gap_s: float, out: FrameOutcome) -> None:
+        """No samples for gap_s: holds longer than the hysteresis end; dose recovers over the gap."""
+        s = state.slots
+        th = self.thresholds
+        factor = 0.5 ** (gap_s / th.recovery_half_life_s)
+        for seg in self._segments.values():
+            b = NG + seg.index * NS
+            s[b + DOSE] *= factor
+            s[b + PREV_OUT] = 0.0
+            s[b + FREQUENT] = 0.0
+            if s[b + ACTIVE] and gap_s >= th.hold_hysteresis_s:
+                mean = s[b + H_SUM] / s[b + H_N]
+                self._end_hold(
+                    seg, s, s[b + H_START], s[b + H_LAST_IN] + s[G_DT], mean, th.not_acceptable_limit_s, out
+                )
+                s[b + ACTIVE] = 0.0
+
+    # --- windows -----------------------------------------------------------------------------
+
+    def _aggregate(self, state: WorkerState) -> WindowAggregate:
+        s = state.slots
+        samples: dict[str, int] = {}
+        zone_s: dict[str, dict[str, float]] = {}
+        cut_s: dict[str, dict[str, float]] = {}
+        longest: dict[str, float] = {}
+        dose: dict[str, float] = {}
+        upper_back = 0.0
+        for seg in self._segments.values():
+            b = NG + seg.index * NS
+            upper_back += s[b + DOSE]
+            if not s[b + W_SAMPLES]:
+                continue
+            samples[seg.name] = int(s[b + W_SAMPLES])
+            zone_s[seg.name] = {
+                "acceptable": s[b + W_ACC],
+                "conditional": s[b + W_COND],
+                "not_acceptable": s[b + W_NA],
+            }
+            cut_s[seg.name] = {name: s[b + W_CUT0 + k] for k, name in enumerate(seg.cut_names)}
+            longest[seg.name] = s[b + W_LONGEST]
+            dose[seg.name] = s[b + DOSE]
+        dose["upper_back"] = upper_back
+        return WindowAggregate(
+            window_start_s=int(s[G_WIN]),
+            window_s=self.window_s,
+            frames=int(s[G_FRAMES]),
+            wear_s=_r(s[G_WEAR]),
+            samples=samples,
+            zone_s=zone_s,
+            cutpoints_s=cut_s,
+            longest_hold_s=longest,
+            dose=dose,
+            violations=int(s[G_VIOL]),
+            thresholds_version=self.version,
+        )
+
+    def _close_window(self, state: WorkerState) -> WindowAggregate:
+        aggregate = self._aggregate(state)
+        s = state.slots
+        s[G_FRAMES] = 0.0
+        s[G_WEAR] = 0.0
+        s[G_VIOL] = 0.0
+        for index in range(len(SEGMENT_ORDER)):
+            b = NG + index * NS
+            for slot in range(W_SAMPLES, W_LONGEST + 1):
+                s[b + slot] = 0.0
+        s[G_WIN] = NEVER
+        return aggregate
+
+    def open_window(self, state: WorkerState) -> WindowAggregate | None:
+        """The current window so far (a partial point, rewritten until the window closes)."""
+        if state.slots[G_WIN] == NEVER:
+            return None
+        return self._aggregate(state)
+
+    def finish(self, state: WorkerState) -> FrameOutcome:
+        """End of input: holds in progress end (violations), the open window closes."""
+        s = state.slots
+        out = FrameOutcome()
+        th = self.thresholds
+        for seg in self._segments.values():
+            b = NG + seg.index * NS
+            if s[b + ACTIVE]:
+                mean = s[b + H_SUM] / s[b + H_N]
+                self._end_hold(
+                    seg, s, s[b + H_START], s[b + H_LAST_IN] + s[G_DT], mean, th.not_acceptable_limit_s, out
+                )
+                s[b + ACTIVE] = 0.0
+        if s[G_WIN] != NEVER:
+            out.closed.append(self._close_window(state))
+        return out
