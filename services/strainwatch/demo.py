@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,16 +26,6 @@ from strainwatch.config import get_settings
 from strainwatch.storage.influxql import InfluxQL, InfluxQLError
 
 console = Console(stderr=True)
-
-
-def _paced(frames: Iterable[Any], frame_s: float) -> Iterator[Any]:
-    """Release each live frame when its last sample has happened, as a wearable would."""
-    for item in frames:
-        due = item.start_s + frame_s
-        delay = due - time.time()
-        if delay > 0:
-            time.sleep(delay)
-        yield item
 
 
 def _dead_letter_offsets(bootstrap: str) -> dict[int, int]:
@@ -60,6 +49,7 @@ def _count_new(before: dict[int, int], after: dict[int, int]) -> int:
 def run_demo(
     workers: int, days: float, live_s: float, invalid_rate: float, seed: int, broker: str | None
 ) -> dict[str, Any]:
+    from strainwatch.gateway.cli import paced
     from strainwatch.gateway.producer import produce
     from strainwatch.gateway.simulator import FleetSimulator, SimConfig, backfill_config
     from strainwatch.stack.manager import Stack, StackConfig
@@ -120,7 +110,7 @@ def run_demo(
             site_id=site,
         )
         live = produce(
-            _paced(FleetSimulator(live_cfg).frames(), 1.0),
+            paced(FleetSimulator(live_cfg).frames(), 1.0),
             stack_cfg.bootstrap,
             POSTURE_EVENTS.name,
             progress=True,

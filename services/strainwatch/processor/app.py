@@ -71,6 +71,9 @@ class Processor:
             topic_partitions=settings.posture_partitions,
             topic_disable_leader=True,
             web_enabled=False,
+            # faust's worker may open its web port anyway (DESIGN.md): keep it on loopback
+            web_bind="127.0.0.1",
+            web_host="127.0.0.1",
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=settings.broker_session_timeout_s,
             broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 4),
@@ -90,13 +93,15 @@ class Processor:
         self.table = self.app.Table(
             STATE_TABLE,
             partitions=settings.posture_partitions,
-            key_serializer="raw",
-            value_serializer=RECORD_CODEC,
+            key_type=bytes,  # raw keys: the worker id's bytes, as on the source topic
             # records are written at checkpoints, outside stream iteration: the partitioner places
             # each under its key, which is the source key (worker_id), so table and source stay
             # co-partitioned (both murmur2 over the same bytes and partition count)
             use_partitioner=True,
         )
+        # faust derives a table's serializer from its value type; ours is a registered codec, set
+        # before the changelog topic is first built (lazily, at start-up)
+        self.table.value_serializer = RECORD_CODEC
         self.runtime = Runtime(
             self.engine,
             RuntimeConfig(

@@ -52,8 +52,6 @@ def run_processor(thresholds: str | None = None) -> None:
         loglevel=faust_level,
         quiet=True,
         redirect_stdouts=False,
-        web_host="127.0.0.1",
-        override_logging=False,
     )
     # faust leaves the root logger at DEBUG even with -l warn; that costs about 10 % (DESIGN.md)
     logging.getLogger().setLevel(max(logging.WARNING, logging.getLevelName(level)))
