@@ -47,6 +47,18 @@ class _RecordCodec(codecs.Codec):
 codecs.register(RECORD_CODEC, _RecordCodec())
 
 
+class _RecordType:
+    """The table's value type: faust takes a type's serializer from `_options.serializer` (so the
+    changelog topic decodes with our codec during recovery) and rebuilds values with `from_data`."""
+
+    class _options:  # noqa: N801 - the attribute name faust looks up
+        serializer = RECORD_CODEC
+
+    @classmethod
+    def from_data(cls, data: Any, preferred_type: Any = None) -> Any:
+        return data  # the codec already produced the WorkerRecord
+
+
 @dataclass
 class ProcessorStats:
     checkpoints: int = 0
@@ -94,14 +106,12 @@ class Processor:
             STATE_TABLE,
             partitions=settings.posture_partitions,
             key_type=bytes,  # raw keys: the worker id's bytes, as on the source topic
+            value_type=_RecordType,
             # records are written at checkpoints, outside stream iteration: the partitioner places
             # each under its key, which is the source key (worker_id), so table and source stay
             # co-partitioned (both murmur2 over the same bytes and partition count)
             use_partitioner=True,
         )
-        # faust derives a table's serializer from its value type; ours is a registered codec, set
-        # before the changelog topic is first built (lazily, at start-up)
-        self.table.value_serializer = RECORD_CODEC
         self.runtime = Runtime(
             self.engine,
             RuntimeConfig(
