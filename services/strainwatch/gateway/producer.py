@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, NoBrokersAvailable
+from kafka.errors import KafkaError
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from strainwatch.gateway.simulator import SimFrame
@@ -50,7 +50,7 @@ def make_producer(bootstrap: str) -> KafkaProducer:
             request_timeout_ms=30_000,
             max_block_ms=30_000,
         )
-    except NoBrokersAvailable:
+    except KafkaError:  # kafka-python 3.0: KafkaTimeoutError "Unable to bootstrap from ..."
         raise ProduceError(
             f"no Kafka broker answers at {bootstrap} (is the stack up? `strainwatch stack up`)"
         ) from None
