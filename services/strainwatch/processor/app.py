@@ -51,7 +51,7 @@ class _RecordType:
     """The table's value type: faust takes a type's serializer from `_options.serializer` (so the
     changelog topic decodes with our codec during recovery) and rebuilds values with `from_data`."""
 
-    class _options:  # noqa: N801 - the attribute name faust looks up
+    class _options:
         serializer = RECORD_CODEC
 
     @classmethod
