@@ -80,6 +80,7 @@ def start_infra(state: Path) -> tuple[str, str, list[Any]]:
 
 def produce_workload(bootstrap: str, workers: int, seconds: int) -> tuple[int, int]:
     from kafka import KafkaProducer
+
     from strainwatch.gateway.simulator import FleetSimulator, SimConfig
 
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
@@ -295,6 +296,7 @@ def run_quix(bootstrap: str, influx_url: str, frames: int) -> dict[str, Any]:
 def memory_per_worker(workers: int) -> dict[str, float]:
     """Resident bytes per tracked worker: RSS growth while the Runtime takes one frame each."""
     import psutil
+
     from strainwatch.gateway.simulator import FleetSimulator, SimConfig
 
     start = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0) - timedelta(days=1)

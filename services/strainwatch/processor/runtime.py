@@ -315,6 +315,9 @@ class Runtime:
         lines, self.lines = self.lines, []
         return dirty, lines
 
+    def record_count(self) -> int:
+        return len(self.records)
+
     def drop_partitions(self, partitions: set[int]) -> None:
         """Forget workers of partitions this instance no longer owns (after a rebalance)."""
         for worker in [w for w, r in self.records.items() if r.partition in partitions]:

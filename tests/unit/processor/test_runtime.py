@@ -1,0 +1,135 @@
+"""The processor's per-message logic without a broker: validation, order, duplicates, replays."""
+
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+
+import orjson
+import pytest
+
+from strainwatch.exposure import ExposureEngine, load_thresholds
+from strainwatch.processor.record import WorkerRecord
+from strainwatch.processor.runtime import Runtime, RuntimeConfig
+from tests.support import aligned_start, encode, frame
+
+pytestmark = pytest.mark.unit
+
+
+def make_runtime(lateness_s: float = 30.0) -> tuple[Runtime, dict[str, WorkerRecord]]:
+    table: dict[str, WorkerRecord] = {}
+    engine = ExposureEngine(load_thresholds("default"), window_s=10)
+    return Runtime(engine, RuntimeConfig(allowed_lateness_s=lateness_s), load=table.get), table
+
+
+def frames_stored(lines: list[str]) -> dict[tuple[str, str], int]:
+    """frames per (worker, window timestamp) from exposure lines; later lines overwrite earlier."""
+    points: dict[tuple[str, str], int] = {}
+    for text in lines:
+        if not text.startswith("exposure,"):
+            continue
+        head, fields, ts = text.split(" ")
+        worker = head.split("worker=")[1]
+        values = dict(f.split("=") for f in fields.split(","))
+        points[(worker, ts)] = int(values["frames"].rstrip("i"))
+    return points
+
+
+def test_every_valid_frame_lands_in_one_window_point() -> None:
+    runtime, _ = make_runtime()
+    start = aligned_start()
+    for i in range(25):
+        runtime.on_message(b"w-1", encode(frame("w-1", start + timedelta(seconds=i))), 0, i)
+    _, lines = runtime.snapshot()
+    points = frames_stored(lines)
+    assert sum(points.values()) == 25  # two closed windows of 10 + the open one with 5
+    assert sorted(points.values()) == [5, 10, 10]
+    assert len(runtime.take_outputs().windows) == 2  # only closed windows go to the topic
+
+
+def test_replayed_offsets_are_skipped_after_a_restore() -> None:
+    runtime, _ = make_runtime()
+    start = aligned_start()
+    messages = [encode(frame("w-1", start + timedelta(seconds=i))) for i in range(12)]
+    for offset, raw in enumerate(messages[:8]):
+        runtime.on_message(b"w-1", raw, 0, offset)
+    dirty, _ = runtime.snapshot()
+    # the checkpoint persisted the record as bytes; a new instance restores it from the table
+    persisted = {w: WorkerRecord.from_bytes(r.to_bytes()) for w, r in dirty.items()}
+    restarted = Runtime(runtime.engine, runtime.config, load=persisted.get)
+    for offset, raw in enumerate(messages):  # the broker redelivers from an older committed offset
+        restarted.on_message(b"w-1", raw, 0, offset)
+    assert restarted.counters.replayed == 8
+    assert restarted.counters.frames_applied == 4
+    _, lines = restarted.snapshot()
+    assert frames_stored(lines)[("w-1", str(int(start.timestamp()) + 10))] == 2
+
+
+def test_duplicate_event_id_is_dropped_and_counted() -> None:
+    runtime, _ = make_runtime()
+    start = aligned_start()
+    doc = frame("w-1", start)
+    runtime.on_message(b"w-1", encode(doc), 0, 0)
+    runtime.on_message(b"w-1", encode(doc), 0, 1)
+    assert runtime.counters.duplicates == 1
+    assert runtime.counters.frames_applied == 1
+    assert not runtime.take_outputs().dead_letters
+
+
+def test_out_of_order_frame_within_lateness_is_merged_in_event_time() -> None:
+    runtime, _ = make_runtime()
+    start = aligned_start()
+    docs = [frame("w-1", start + timedelta(seconds=i), angles={"trunk_flexion": 30.0 + i}) for i in range(4)]
+    for offset, i in enumerate([0, 2, 3, 1]):  # frame 1 arrives late
+        runtime.on_message(b"w-1", encode(docs[i]), 0, offset)
+    assert runtime.counters.frames_applied == 4
+    assert runtime.record_count() == 1
+    in_order, _ = make_runtime()
+    for offset, doc in enumerate(docs):
+        in_order.on_message(b"w-1", encode(doc), 0, offset)
+    assert runtime.records["w-1"].state.to_bytes() == in_order.records["w-1"].state.to_bytes()
+
+
+def test_frame_overlapping_scored_samples_is_dead_lettered_late() -> None:
+    runtime, _ = make_runtime()
+    start = aligned_start()
+    for i in range(5):
+        runtime.on_message(b"w-1", encode(frame("w-1", start + timedelta(seconds=i))), 0, i)
+    late = encode(frame("w-1", start + timedelta(seconds=2)))
+    runtime.on_message(b"w-1", late, 0, 5)
+    letters = runtime.take_outputs().dead_letters
+    assert len(letters) == 1
+    letter = orjson.loads(letters[0][1])
+    assert letter["reason"] == "late"
+    assert base64.b64decode(letter["original_b64"]) == late
+    assert letter["source_offset"] == 5
+
+
+def test_a_gap_that_never_fills_is_released_after_the_lateness() -> None:
+    runtime, _ = make_runtime(lateness_s=5.0)
+    start = aligned_start()
+    runtime.on_message(b"w-1", encode(frame("w-1", start)), 0, 0)
+    # a 3-second gap (frames 1..3 lost), then frames keep coming: they wait while the missing
+    # frames could still arrive, i.e. until the buffered frames reach 5 s past the gap's start (1 s)
+    for offset, second in enumerate(range(4, 12), start=1):
+        runtime.on_message(b"w-1", encode(frame("w-1", start + timedelta(seconds=second))), 0, offset)
+        expected = 1 if second + 1 - 1 <= 5 else second - 2
+        assert runtime.counters.frames_applied == expected, second
+    assert runtime.counters.frames_applied == 9
+
+
+def test_invalid_frames_become_dead_letters_never_exceptions() -> None:
+    runtime, _ = make_runtime()
+    for offset, raw in enumerate([b"", b"{", b"null", b"[]", b'{"schema_version": 1}', b"\xff\xfe"]):
+        runtime.on_message(b"w-1", raw, 0, offset)
+    letters = [orjson.loads(v) for _, v in runtime.take_outputs().dead_letters]
+    assert len(letters) == 6
+    assert {letter["reason"] for letter in letters} <= {"malformed_json", "missing_field", "invalid_field"}
+
+
+def test_key_must_match_worker_id() -> None:
+    runtime, _ = make_runtime()
+    runtime.on_message(b"w-other", encode(frame("w-1", aligned_start())), 3, 9)
+    (key, value) = runtime.take_outputs().dead_letters[0]
+    assert key == b"w-other"
+    assert orjson.loads(value)["reason"] == "invalid_field"
