@@ -17,7 +17,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from strainwatch.topics import POSTURE_DEADLETTER, POSTURE_EVENTS
+from strainwatch.topics import POSTURE_DEADLETTER, POSTURE_EVENTS, ROSTER
 from tests.integration.conftest import Broker, Influx, processor_env
 from tests.support import FOUR_SEGMENTS, aligned_start, encode, frame, wait_for
 
@@ -80,8 +80,18 @@ def known_frames() -> tuple[list[tuple[bytes, bytes]], dict[str, int], Counter[s
 
 def produce(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> None:
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=4 * 1024 * 1024)
-    for key, value in messages:
+    for n, (key, value) in enumerate(messages):
         producer.send(POSTURE_EVENTS.name, key=key, value=value)
+        if n == 36:  # a roster update mid-stream: team tags change at most between windows
+            for worker in ("w-a1", "w-c3"):
+                entry = {
+                    "schema_version": 1,
+                    "worker_id": worker,
+                    "site_id": "plant-1",
+                    "team": "team-x",
+                    "shift": "day",
+                }
+                producer.send(ROSTER.name, key=worker.encode(), value=orjson.dumps(entry))
     producer.flush(30)
     producer.close()
 

@@ -545,6 +545,10 @@ class ExposureEngine:
         s[G_WIN] = NEVER
         return aggregate
 
+    def window_start(self, state: WorkerState) -> float:
+        """Start of the open window, or -inf when none is open."""
+        return state.slots[G_WIN]
+
     def open_window(self, state: WorkerState) -> WindowAggregate | None:
         """The current window so far (a partial point, rewritten until the window closes)."""
         if state.slots[G_WIN] == NEVER:

@@ -22,15 +22,18 @@ import structlog
 from faust.serializers import codecs
 
 from strainwatch.config import Settings
+from strainwatch.events import RosterEntry
 from strainwatch.exposure import ExposureEngine, load_thresholds
+from strainwatch.logs import RateLimitedLog
 from strainwatch.processor.record import WorkerRecord
 from strainwatch.processor.runtime import Runtime, RuntimeConfig
 from strainwatch.processor.sink import InfluxSink, SinkStopped
-from strainwatch.topics import ALERTS_BREAK, EXPOSURE_WINDOWS, POSTURE_DEADLETTER, POSTURE_EVENTS
+from strainwatch.topics import ALERTS_BREAK, EXPOSURE_WINDOWS, POSTURE_DEADLETTER, POSTURE_EVENTS, ROSTER
 
 log = structlog.get_logger("strainwatch.processor")
 
 STATE_TABLE = "worker-state"
+ROSTER_TABLE = "roster"
 RECORD_CODEC = "strainwatch-record"
 
 
@@ -112,6 +115,13 @@ class Processor:
             # co-partitioned (both murmur2 over the same bytes and partition count)
             use_partitioner=True,
         )
+        self.roster_topic = self.app.topic(ROSTER.name, key_serializer="raw", value_serializer="raw")
+        # roster.v1 is keyed by worker id with the posture topic's partition count, so the instance
+        # that scores a worker also owns its roster entry; the table survives restarts
+        self.roster = self.app.Table(
+            ROSTER_TABLE, partitions=settings.posture_partitions, key_type=bytes, value_type=bytes
+        )
+        self._roster_errors = RateLimitedLog(log, interval_s=30.0)
         self.runtime = Runtime(
             self.engine,
             RuntimeConfig(
@@ -122,6 +132,7 @@ class Processor:
                 max_samples_per_frame=settings.max_samples_per_frame,
             ),
             load=self._load,
+            team_of=self._team_of,
         )
         self.sink = InfluxSink(
             settings.influx_url,
@@ -140,6 +151,10 @@ class Processor:
         value = self.table.get(worker.encode())
         return value if isinstance(value, WorkerRecord) else None
 
+    def _team_of(self, worker: str) -> str | None:
+        team = self.roster.get(worker.encode())
+        return team.decode() if isinstance(team, bytes) else None
+
     def _wire(self) -> None:
         app = self.app
         interval = self.settings.checkpoint_interval_s
@@ -157,6 +172,19 @@ class Processor:
                     time.monotonic() - self._last_checkpoint >= interval
                 ):
                     await self.checkpoint("due")
+
+        @app.agent(self.roster_topic, name="roster")
+        async def roster(stream: faust.StreamT) -> None:
+            async for event in stream.events():
+                try:
+                    entry = RosterEntry.model_validate_json(event.message.value)
+                except ValueError as error:
+                    self._roster_errors.warning(
+                        "roster", "invalid roster entry skipped", error=str(error)[:200]
+                    )
+                    continue
+                self.roster[entry.worker_id.encode()] = entry.team.encode()
+                self.runtime.set_team(entry.worker_id, entry.team)
 
         @app.timer(interval=min(1.0, interval))
         async def idle_checkpoint() -> None:

@@ -43,6 +43,10 @@ class WorkerRecord:
     partition: int
     last_offset: int = -1
     team: str | None = None
+    # the team tag of the open window's point: a point's tags never change once written, or a
+    # roster update mid-window would leave two points (two series) for one window
+    window_team: str | None = None
+    window_start: float = float("-inf")
     recent_ids: array = field(default_factory=lambda: array("Q"))
     buffer: list[Buffered] = field(default_factory=list)
     buffered_since: float = 0.0  # monotonic clock, memory only
@@ -63,6 +67,10 @@ class WorkerRecord:
         }
         if self.team:
             meta["team"] = self.team
+        if self.window_team:
+            meta["wteam"] = self.window_team
+        if self.window_start != float("-inf"):
+            meta["wstart"] = self.window_start
         if self.buffer:
             meta["buf"] = [
                 [b.start_s, b.end_s, b.offset, b.event_key, base64.b64encode(b.raw).decode()]
@@ -86,6 +94,8 @@ class WorkerRecord:
             partition=int(meta["p"]),
             last_offset=int(meta["o"]),
             team=meta.get("team"),
+            window_team=meta.get("wteam"),
+            window_start=float(meta.get("wstart", float("-inf"))),
             recent_ids=array("Q", meta.get("ids", [])),
         )
         for start_s, end_s, offset, key, raw in meta.get("buf", []):

@@ -87,10 +87,12 @@ class Runtime:
         config: RuntimeConfig,
         load: Callable[[str], WorkerRecord | None],
         clock: Callable[[], float] = time.time,
+        team_of: Callable[[str], str | None] = lambda worker: None,
     ) -> None:
         self.engine = engine
         self.config = config
         self._load = load
+        self._team_of = team_of
         self._clock = clock
         self.records: dict[str, WorkerRecord] = {}
         self.dirty: set[str] = set()
@@ -177,11 +179,13 @@ class Runtime:
         if record is None:
             record = self._load(worker)
             if record is None:
+                team = self._team_of(worker)
                 record = WorkerRecord(
                     state=self.engine.new_state(),
                     site_id=sys.intern(frame.site_id),
                     device_id=frame.device_id,
                     partition=partition,
+                    team=sys.intern(team) if team else None,
                 )
             self.records[worker] = record
         return record
@@ -214,17 +218,22 @@ class Runtime:
         record.device_id = frame.device_id
         for window in outcome.closed:
             self._emit_window(worker, record, window)
+        opened = self.engine.window_start(record.state)
+        if opened != record.window_start:
+            record.window_start = opened
+            record.window_team = record.team
         for alert in outcome.alerts:
             self._emit_alert(worker, record, alert)
 
     def _emit_window(self, worker: str, record: WorkerRecord, window: WindowAggregate) -> None:
         self.counters.windows_closed += 1
-        self.lines.append(exposure_line(record.site_id, record.team, worker, window))
+        team = record.window_team if window.window_start_s == record.window_start else record.team
+        self.lines.append(exposure_line(record.site_id, team, worker, window))
         message = {
             "schema_version": 1,
             "worker_id": worker,
             "site_id": record.site_id,
-            "team": record.team,
+            "team": team,
             "window_start": _iso(window.window_start_s),
             "window_s": window.window_s,
             "thresholds_version": window.thresholds_version,
@@ -310,10 +319,18 @@ class Runtime:
         for worker, record in dirty.items():
             window = self.engine.open_window(record.state)
             if window is not None:
-                self.lines.append(exposure_line(record.site_id, record.team, worker, window))
+                self.lines.append(exposure_line(record.site_id, record.window_team, worker, window))
         self.dirty = set()
         lines, self.lines = self.lines, []
         return dirty, lines
+
+    def set_team(self, worker: str, team: str) -> None:
+        """A roster update: points and windows from now on carry the new team."""
+        record = self.records.get(worker) or self._load(worker)
+        if record is not None and record.team != team:
+            record.team = sys.intern(team)
+            self.records[worker] = record
+            self.dirty.add(worker)
 
     def record_count(self) -> int:
         return len(self.records)
