@@ -1,0 +1,26 @@
+# strainwatch: one image for every service (processor, alerting, gateway, the topics job).
+#   docker build -t strainwatch .
+#   docker run --rm strainwatch strainwatch --help
+# deploy/docker-compose.yml builds it and picks the service with `command:`.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY services ./services
+RUN pip install . \
+    && rm -rf /src/build /src/services/*.egg-info
+
+# an unprivileged user; faust keeps its data directory in the working directory
+RUN useradd --system --uid 10001 --home-dir /var/lib/strainwatch --create-home strainwatch
+USER strainwatch
+WORKDIR /var/lib/strainwatch
+ENV STRAINWATCH_STATE_DIR=/var/lib/strainwatch \
+    STRAINWATCH_LOG_FORMAT=json
+
+# the console script of pyproject.toml ([project.scripts] strainwatch)
+CMD ["strainwatch", "--help"]
