@@ -30,7 +30,7 @@ NEVER = -math.inf
 G_END, G_WIN, G_FRAMES, G_WEAR, G_VIOL, G_LAST_BREAK, G_BREAK_SHIFT, G_BREAK_COUNT, G_DT = range(9)
 NG = 9
 # per-segment slots, at NG + index * NS
-DOSE, ACTIVE, H_START, H_SUM, H_N, H_LAST_IN, LAST_NUDGE, LAST_ENTRY, FREQUENT, PREV_OUT = range(10)
+DOSE, ACTIVE, H_START, H_SUM, H_N, H_LAST_IN, LAST_NUDGE, LAST_ENTRY, FREQUENT, LAST_OUT = range(10)
 W_SAMPLES, W_ACC, W_COND, W_NA, W_CUT0, W_CUT1, W_CUT2, W_LONGEST = range(10, 18)
 NS = 18
 MAX_CUTPOINTS = 3
@@ -100,6 +100,7 @@ class WorkerState:
             base = NG + index * NS
             slots[base + LAST_NUDGE] = NEVER
             slots[base + LAST_ENTRY] = NEVER
+            slots[base + LAST_OUT] = NEVER
         return cls(slots)
 
     @property
@@ -298,16 +299,16 @@ class ExposureEngine:
         na_limit = th.not_acceptable_limit_s
         nudge_every = th.nudge_interval_s
         frequent_gap = self._frequent_gap_s
+        debounce = th.movement_debounce_s
         break_possible = self._break_possible(s, len(present), count * dt)
         trajectories: list[list[float]] = []
         for (seg, values), seg_zones in zip(present, zones, strict=True):
             b = NG + seg.index * NS
             dose = s[b + DOSE]
             active = s[b + ACTIVE]
-            prev_out = s[b + PREV_OUT]
             s[b + W_SAMPLES] += count
             traj: list[float] = []
-            if not active and not prev_out and not any(seg_zones):
+            if not active and not any(seg_zones):
                 # fast path: neutral all through, no hold: only cut-points and recovery to account
                 s[b + W_ACC] += count * dt
                 for k, cut in enumerate(seg.cutpoints):
@@ -329,6 +330,7 @@ class ExposureEngine:
             last_nudge = s[b + LAST_NUDGE]
             last_entry = s[b + LAST_ENTRY]
             frequent = s[b + FREQUENT]
+            last_out = s[b + LAST_OUT]
             longest = s[b + W_LONGEST]
             w_zone = [0.0, 0.0, 0.0]
             cuts = seg.cutpoints
@@ -340,15 +342,14 @@ class ExposureEngine:
                 base_zone = seg_zones[j]
                 zone = base_zone
                 if base_zone:
-                    if not prev_out:  # an entry into a conditional / not-acceptable zone
+                    # a movement into the zone, unless it only dipped out for less than the
+                    # debounce time (sensor noise at a zone boundary is not a movement)
+                    if t - last_out > debounce:
                         frequent = 1.0 if t - last_entry <= frequent_gap else 0.0
                         last_entry = t
-                    prev_out = 1.0
+                    last_out = t
                     if frequent and zone == 1:
                         zone = 2  # EN 1005-4: frequent movements into the zone are not acceptable
-                else:
-                    prev_out = 0.0
-                    frequent = 0.0
                 w_zone[zone] += dt
                 for k in range(len(cuts)):
                     if a > cuts[k]:
@@ -392,7 +393,7 @@ class ExposureEngine:
             s[b + LAST_NUDGE] = last_nudge
             s[b + LAST_ENTRY] = last_entry
             s[b + FREQUENT] = frequent
-            s[b + PREV_OUT] = prev_out
+            s[b + LAST_OUT] = last_out
             s[b + W_LONGEST] = longest
             s[b + W_ACC] += w_zone[0]
             s[b + W_COND] += w_zone[1]
@@ -484,8 +485,6 @@ class ExposureEngine:
         for seg in self._segments.values():
             b = NG + seg.index * NS
             s[b + DOSE] *= factor
-            s[b + PREV_OUT] = 0.0
-            s[b + FREQUENT] = 0.0
             if s[b + ACTIVE] and gap_s >= th.hold_hysteresis_s:
                 mean = s[b + H_SUM] / s[b + H_N]
                 self._end_hold(

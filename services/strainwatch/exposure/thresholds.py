@@ -55,6 +55,9 @@ class Thresholds(BaseModel):
     over_limit_multiplier: float = Field(2.0, ge=1)
     recovery_half_life_s: float = Field(600.0, gt=0)
     frequent_entries_per_min: float = Field(2.0, gt=0)
+    movement_debounce_s: float = Field(
+        1.0, ge=0, description="a dip into the acceptable zone shorter than this is not a new movement"
+    )
     break_dose: float = Field(600.0, gt=0)
     nudge_interval_s: float = Field(120.0, ge=0)
     break_cooldown_s: float = Field(1200.0, ge=0)

@@ -35,28 +35,28 @@ class Posture:
 
 TASKS: dict[str, tuple[Posture, ...]] = {
     "overhead_assembly": (
-        Posture("overhead reach", (8, -15, 125, 115), (15, 90), 3),
+        Posture("overhead reach", (8, -10, 125, 115), (15, 90), 2),
         Posture("bench work", (25, 30, 40, 35), (30, 150), 3),
         Posture("reach forward", (15, 20, 70, 65), (10, 40), 2),
-        Posture("neutral", (4, 10, 12, 12), (20, 60), 2, jitter=3),
+        Posture("neutral", (4, 10, 12, 12), (20, 90), 4, jitter=2),
     ),
     "warehouse_picking": (
-        Posture("bend to pick", (70, 35, 50, 45), (3, 10), 3),
-        Posture("walk", (6, 12, 18, 18), (10, 40), 4, jitter=5),
-        Posture("high shelf", (4, -5, 105, 30), (4, 12), 2),
+        Posture("bend to pick", (70, 35, 50, 45), (3, 10), 2),
+        Posture("walk", (6, 12, 12, 12), (10, 40), 5, jitter=3),
+        Posture("high shelf", (4, 5, 105, 30), (4, 12), 1),
         Posture("carry", (12, 18, 28, 28), (8, 25), 2, jitter=4),
     ),
     "desk_work": (
-        Posture("typing", (6, 24, 14, 14), (60, 300), 5),
+        Posture("typing", (6, 18, 14, 14), (60, 300), 5),
         Posture("reading", (10, 33, 10, 10), (30, 180), 3),
         Posture("phone", (5, 48, 35, 10), (10, 60), 1),
         Posture("stand and stretch", (2, 5, 20, 20), (10, 30), 1, jitter=4),
     ),
     "construction": (
-        Posture("rebar tying", (68, 45, 40, 40), (30, 120), 3),
-        Posture("overhead drilling", (5, -20, 130, 125), (20, 90), 2),
+        Posture("rebar tying", (68, 45, 40, 40), (30, 120), 2),
+        Posture("overhead drilling", (5, -10, 130, 125), (20, 90), 1),
         Posture("carry", (15, 20, 30, 30), (10, 30), 2, jitter=4),
-        Posture("neutral", (5, 12, 15, 15), (15, 60), 2, jitter=3),
+        Posture("neutral", (5, 12, 12, 12), (15, 90), 4, jitter=2),
     ),
 }
 

@@ -141,6 +141,7 @@ class Processor:
             settings.influx_bucket,
         )
         self.pending: list[Any] = []  # messages awaiting the next checkpoint's ack
+        self._in_flight: list[Any] = []  # delivery futures of outputs sent since the last checkpoint
         self.stats = ProcessorStats()
         self._lock = asyncio.Lock()
         self._last_checkpoint = time.monotonic()
@@ -202,26 +203,46 @@ class Processor:
             self.runtime.drop_partitions({tp.partition for tp in revoked if tp.topic == POSTURE_EVENTS.name})
 
     async def _publish(self) -> None:
+        """Send outputs now (alerts must not wait for a checkpoint); their deliveries are awaited
+        before the checkpoint acks the frames that produced them."""
         out = self.runtime.take_outputs()
+        pending = self._in_flight
         for key, value in out.dead_letters:
-            await self.dlq.send(key=key, value=value)
+            pending.append(await self.dlq.send(key=key, value=value))
         for key, value in out.windows:
-            await self.windows.send(key=key, value=value)
+            pending.append(await self.windows.send(key=key, value=value))
         for key, value in out.alerts:
-            await self.alerts.send(key=key, value=value)
+            pending.append(await self.alerts.send(key=key, value=value))
+
+    async def _outputs_delivered(self) -> None:
+        pending, self._in_flight = self._in_flight, []
+        if pending:
+            await asyncio.gather(*pending)
 
     async def checkpoint(self, reason: str, *, final: bool = False) -> None:
         """Persist state, points and outputs, then acknowledge the messages they cover."""
         async with self._lock:
             messages, self.pending = self.pending, []
             dirty, lines = self.runtime.snapshot()  # one synchronous step: states match `messages`
+            # The table's own `__setitem__` queues changelog records in faust's producer buffer,
+            # whose flush() gives up after 0.1 s without a send; under load that let acks run ahead
+            # of the changelog and, once, stalled the buffer. So: serialise each record now, send it
+            # straight to the changelog topic, keep the delivery future, update the local store.
+            changelog = self.table.changelog_topic
+            deliveries = []
             for worker, record in dirty.items():
-                self.table[worker.encode()] = record  # serialised now, sent on the changelog
+                key = worker.encode()
+                self.table.data[key] = record
+                deliveries.append(
+                    await changelog.send(key=key, value=record.to_bytes(), partition=record.partition)
+                )
             await self._publish()
             self.sink.add(lines)
             try:
                 await self.sink.flush(give_up_when_stopping=final)
-                await self.app.producer.flush()
+                await self._outputs_delivered()
+                if deliveries:
+                    await asyncio.gather(*deliveries)
             except (SinkStopped, asyncio.CancelledError):
                 log.warning("checkpoint abandoned; its frames will be replayed", frames=len(messages))
                 raise
