@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,9 @@ def _kebab(name: str) -> str:
 
 
 def model_version(model: type[Message]) -> int:
-    default = model.model_fields["schema_version"].default
-    return int(default if default is not None else SCHEMA_VERSION)
+    """The version a model's `schema_version: Literal[N]` admits (required, so it has no default)."""
+    (version,) = typing.get_args(model.model_fields["schema_version"].annotation) or (SCHEMA_VERSION,)
+    return int(version)
 
 
 def schema_file_name(model_name: str) -> str:

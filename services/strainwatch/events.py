@@ -54,7 +54,8 @@ def _angles(lo: float, hi: float) -> Any:
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    schema_version: Literal[1] = 1
+    # Required, not defaulted: a message that does not say its version cannot be trusted to mean v1.
+    schema_version: Literal[1] = Field(description="contract version; consumers dead-letter others")
 
 
 class PostureSamples(BaseModel):

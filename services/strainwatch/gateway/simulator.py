@@ -175,6 +175,7 @@ class FleetSimulator:
                 )
             out.append(
                 {
+                    "schema_version": 1,
                     "worker_id": w.worker_id,
                     "site_id": self.cfg.site_id,
                     "team": w.team,
