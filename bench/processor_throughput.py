@@ -84,9 +84,10 @@ def produce_workload(bootstrap: str, workers: int, seconds: int) -> tuple[int, i
     from strainwatch.gateway.simulator import FleetSimulator, SimConfig
 
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
-    # a day shift for everyone: the simulator only emits frames while workers are on shift and wearing
-    start = start.replace(hour=8, minute=0, second=0) if start.hour >= 8 else start - timedelta(hours=8)
-    cfg = SimConfig(workers=workers, rate_hz=10.0, frame_s=1.0, duration_s=seconds, start=start, seed=11)
+    # shifts=False: every worker wears the device all the time, so all of them send every second
+    cfg = SimConfig(
+        workers=workers, rate_hz=10.0, frame_s=1.0, duration_s=seconds, start=start, seed=11, shifts=False
+    )
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=50, batch_size=1_048_576)
     frames = samples = 0
     for item in FleetSimulator(cfg).frames():
@@ -276,15 +277,15 @@ def run_quix(bootstrap: str, influx_url: str, frames: int) -> dict[str, Any]:
     topic = app.topic(POSTURE_EVENTS.name, value_deserializer="bytes", key_deserializer="bytes")
     seen = [0]
 
-    def on_value(value: bytes) -> None:
+    def on_value(value: bytes, key: bytes, _timestamp: int, _headers: Any) -> None:
         ctx = message_context()
-        runtime.on_message(ctx.key if hasattr(ctx, "key") else None, value, ctx.partition, ctx.offset)
+        runtime.on_message(key, value, ctx.partition, ctx.offset)
         seen[0] += 1
         if seen[0] >= frames:
             app.stop()
 
     sdf = app.dataframe(topic)
-    sdf = sdf.update(on_value)
+    sdf = sdf.update(on_value, metadata=True)
     sdf.sink(LineSink())
     started = time.monotonic()
     app.run()
@@ -299,8 +300,10 @@ def memory_per_worker(workers: int) -> dict[str, float]:
 
     from strainwatch.gateway.simulator import FleetSimulator, SimConfig
 
-    start = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0) - timedelta(days=1)
-    cfg = SimConfig(workers=workers, rate_hz=10.0, frame_s=1.0, duration_s=1.0, start=start, seed=3)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    cfg = SimConfig(
+        workers=workers, rate_hz=10.0, frame_s=1.0, duration_s=1.0, start=start, seed=3, shifts=False
+    )
     messages = [(f.key, f.value) for f in FleetSimulator(cfg).frames() if f.expected_reason is None]
     engine = ExposureEngine(load_thresholds("default"), window_s=10)
     table: dict[str, WorkerRecord] = {}

@@ -245,7 +245,10 @@ class ExposureEngine:
             )
         out = FrameOutcome()
         window_s = self.window_s
-        first_window = math.floor(start_s / window_s) * window_s
+        # Epoch seconds (~1.7e9) carry ~2e-7 s of float error: sample times within a thousandth of a
+        # sample of a window boundary are on it (timestamps have millisecond precision anyway).
+        snap = 1e-3 * dt
+        first_window = math.floor((start_s + snap) / window_s) * window_s
         if s[G_WIN] != NEVER and first_window != s[G_WIN]:
             out.closed.append(self._close_window(state))
         if end != NEVER and start_s - end > 0.5 * dt:
@@ -259,12 +262,12 @@ class ExposureEngine:
         i0 = 0
         while i0 < n:
             t0 = start_s + i0 * dt
-            window = math.floor(t0 / window_s + 1e-9) * window_s
+            window = math.floor((t0 + snap) / window_s) * window_s
             if window != s[G_WIN]:
                 out.closed.append(self._close_window(state))
                 s[G_WIN] = window
             boundary = window + window_s
-            i1 = min(n, max(i0 + 1, math.ceil((boundary - start_s) / dt - 1e-9)))
+            i1 = min(n, max(i0 + 1, math.ceil((boundary - start_s - snap) / dt)))
             self._chunk(state, present, start_s, dt, i0, i1, rest, th, out)
             i0 = i1
         s[G_END] = start_s + n * dt
@@ -301,7 +304,8 @@ class ExposureEngine:
         frequent_gap = self._frequent_gap_s
         debounce = th.movement_debounce_s
         break_possible = self._break_possible(s, len(present), count * dt)
-        trajectories: list[list[float]] = []
+        trajectories: list[list[float]] = []  # per present segment: dose after each sample
+        hold_alerts: list[tuple[int, str]] = []  # (sample index in the chunk, segment)
         for (seg, values), seg_zones in zip(present, zones, strict=True):
             b = NG + seg.index * NS
             dose = s[b + DOSE]
@@ -317,11 +321,9 @@ class ExposureEngine:
                 for ok in all_ok:
                     if ok or rest:
                         dose *= decay
-                    if break_possible:
-                        traj.append(dose)
+                    traj.append(dose)
                 s[b + DOSE] = dose
-                if break_possible:
-                    trajectories.append(traj)
+                trajectories.append(traj)
                 continue
             h_start = s[b + H_START]
             h_sum = s[b + H_SUM]
@@ -377,13 +379,12 @@ class ExposureEngine:
                         over = True
                         if not rest and t - last_nudge >= nudge_every:
                             last_nudge = t
-                            out.alerts.append(Alert("posture_hold", t, seg.name, self._upper_back(s)))
+                            hold_alerts.append((j, seg.name))
                 if all_ok[j] or rest:
                     dose *= decay
                 else:
                     dose += rates[zone] * (over_mult if over else 1.0) * dt
-                if break_possible:
-                    traj.append(dose)
+                traj.append(dose)
             s[b + DOSE] = dose
             s[b + ACTIVE] = active
             s[b + H_START] = h_start
@@ -400,8 +401,15 @@ class ExposureEngine:
             s[b + W_NA] += w_zone[2]
             for k in range(len(cuts)):
                 s[b + W_CUT0 + k] += cut_time[k]
-            if break_possible:
-                trajectories.append(traj)
+            trajectories.append(traj)
+        if hold_alerts:
+            # the upper-back dose at each alert's sample, once every segment has reached it: reading
+            # the state mid-loop would mix segments at different samples (and depend on frame splits)
+            present_indexes = {seg.index for seg, _ in present}
+            absent = sum(s[NG + i * NS + DOSE] for i in range(len(SEGMENT_ORDER)) if i not in present_indexes)
+            for j, name in sorted(hold_alerts):
+                upper_back = absent + sum(traj[j] for traj in trajectories)
+                out.alerts.append(Alert("posture_hold", start_s + (i0 + j) * dt, name, _r(upper_back)))
         if break_possible and not rest:
             self._maybe_break(state, present, trajectories, start_s, dt, i0, out)
 
