@@ -298,11 +298,15 @@ class ExposureEngine:
         rates = self._rates
         over_mult = th.over_limit_multiplier
         tol = th.hold_tolerance_deg
-        hyst = th.hold_hysteresis_s
+        # Sample times are sums of epoch seconds and i/rate, off by ~1e-7 s: a comparison that lands
+        # exactly on a threshold (1 s debounce at 1 Hz, 3 s hysteresis at 10 Hz) must not flip on
+        # float noise, so every time threshold carries a thousandth of a sample of slack.
+        snap = 1e-3 * dt
+        hyst = th.hold_hysteresis_s - snap
         na_limit = th.not_acceptable_limit_s
-        nudge_every = th.nudge_interval_s
-        frequent_gap = self._frequent_gap_s
-        debounce = th.movement_debounce_s
+        nudge_every = th.nudge_interval_s - snap
+        frequent_gap = self._frequent_gap_s + snap
+        debounce = th.movement_debounce_s + snap
         break_possible = self._break_possible(s, len(present), count * dt)
         trajectories: list[list[float]] = []  # per present segment: dose after each sample
         hold_alerts: list[tuple[int, str]] = []  # (sample index in the chunk, segment)
@@ -375,7 +379,7 @@ class ExposureEngine:
                     duration = last_in + dt - h_start
                     if duration > longest:
                         longest = duration
-                    if duration > seg.limit(h_sum / h_n, na_limit):
+                    if duration > seg.limit(h_sum / h_n, na_limit) + snap:
                         over = True
                         if not rest and t - last_nudge >= nudge_every:
                             last_nudge = t
@@ -446,7 +450,10 @@ class ExposureEngine:
             if s[G_BREAK_SHIFT] != shift:
                 s[G_BREAK_SHIFT] = shift
                 s[G_BREAK_COUNT] = 0
-            if t - s[G_LAST_BREAK] < th.break_cooldown_s or s[G_BREAK_COUNT] >= th.max_breaks_per_shift:
+            if (
+                t - s[G_LAST_BREAK] < th.break_cooldown_s - 1e-3 * dt
+                or s[G_BREAK_COUNT] >= th.max_breaks_per_shift
+            ):
                 continue
             s[G_LAST_BREAK] = t
             s[G_BREAK_COUNT] += 1
@@ -481,7 +488,7 @@ class ExposureEngine:
         out: FrameOutcome,
     ) -> None:
         duration = end - start
-        if duration > seg.limit(mean, na_limit):
+        if duration > seg.limit(mean, na_limit) + 1e-3 * s[G_DT]:  # slack: see _chunk
             out.violations.append(Violation(seg.name, start, duration, mean))
             s[G_VIOL] += 1
 
@@ -493,7 +500,7 @@ class ExposureEngine:
         for seg in self._segments.values():
             b = NG + seg.index * NS
             s[b + DOSE] *= factor
-            if s[b + ACTIVE] and gap_s >= th.hold_hysteresis_s:
+            if s[b + ACTIVE] and gap_s >= th.hold_hysteresis_s - 1e-3 * s[G_DT]:
                 mean = s[b + H_SUM] / s[b + H_N]
                 self._end_hold(
                     seg, s, s[b + H_START], s[b + H_LAST_IN] + s[G_DT], mean, th.not_acceptable_limit_s, out

@@ -65,6 +65,20 @@ class Thresholds(BaseModel):
     shift_s: float = Field(86_400.0, gt=0, description="prompt budget period (approximation: a UTC day)")
     routines: dict[Region, tuple[str, ...]]
 
+    @model_validator(mode="after")
+    def _complete(self) -> Thresholds:
+        # refuse at load time what would otherwise fail mid-stream (the first break for a region)
+        missing_rates = {"acceptable", "conditional", "not_acceptable"} - set(self.dose_rate)
+        if missing_rates:
+            raise ValueError(f"dose_rate lacks zones: {sorted(missing_rates)}")
+        if any(rate < 0 for rate in self.dose_rate.values()):
+            raise ValueError("dose_rate values must not be negative")
+        regions = {seg.region for seg in self.segments.values()}
+        missing_routines = sorted(r for r in regions if not self.routines.get(r))
+        if missing_routines:
+            raise ValueError(f"routines lacks regions: {missing_routines}")
+        return self
+
     @property
     def label(self) -> str:
         return f"{self.profile}@{self.version}"
