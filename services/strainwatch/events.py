@@ -118,7 +118,12 @@ class PostureFrame(Message):
 
     @property
     def n_samples(self) -> int:
-        return len(next(iter(self.samples.present().values())))
+        samples = self.samples
+        for name in SEGMENTS:  # all present arrays have the same length (validated)
+            values = getattr(samples, name)
+            if values is not None:
+                return len(values)
+        return 0
 
     @property
     def duration_s(self) -> float:

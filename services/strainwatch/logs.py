@@ -10,6 +10,22 @@ from typing import Any
 import structlog
 
 
+class _StderrLogger:
+    """Writes each line to whatever sys.stderr is *now*: a stream captured at configure time may be
+    closed later (test runners, typer's CliRunner) and cached loggers would keep writing to it."""
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def _stderr_logger(*_args: Any) -> _StderrLogger:
+    return _StderrLogger()
+
+
 def configure(level: str = "INFO", fmt: str = "auto") -> None:
     """JSON lines, or the console renderer when stderr is a TTY and fmt is 'auto'."""
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
@@ -27,7 +43,7 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=True,
     )
     # Third-party stdlib loggers (faust, aiokafka, kafka-python) stay at WARNING unless asked:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -140,6 +141,21 @@ class _Segment:
     limit_s1: float
     cutpoints: tuple[float, ...]
     cut_names: tuple[str, ...]
+    min_limit_s: float  # no hold shorter than this can be over its limit: skips most limit() calls
+
+    def zones(self, values: Sequence[float]) -> list[int]:
+        """zone() of each value, inlined: this runs for every sample of every segment."""
+        acc, cond = self.acceptable_max, self.conditional_max
+        if self.symmetric:
+            return [0 if -acc < a < acc else (1 if -cond < a < cond else 2) for a in values]
+        neg = 2 if self.negative_not_acceptable else 0
+        return [((neg if a < 0 else 0) if a < acc else (1 if a < cond else 2)) for a in values]
+
+    def seconds_above(self, values: Sequence[float], dt: float) -> list[float]:
+        """Seconds above each cut-point: one C sort, then a bisection per cut-point."""
+        ordered = sorted(values)
+        n = len(ordered)
+        return [(n - bisect_right(ordered, cut)) * dt for cut in self.cutpoints]
 
     def zone(self, angle: float) -> int:
         """0 acceptable, 1 conditional, 2 not acceptable (before the movement-frequency rule)."""
@@ -166,11 +182,12 @@ class _Segment:
         return self.limit_s0 + share * (self.limit_s1 - self.limit_s0)
 
 
-def _compile(index: int, name: str, seg: SegmentThresholds) -> _Segment:
+def _compile(index: int, name: str, seg: SegmentThresholds, not_acceptable_limit_s: float) -> _Segment:
     if len(seg.cutpoints) > MAX_CUTPOINTS:
         raise ValueError(f"{name}: at most {MAX_CUTPOINTS} cut-points")
     (a0, s0), (a1, s1) = seg.holding_limit
     return _Segment(
+        min_limit_s=min(s0, s1, not_acceptable_limit_s),
         index=index,
         name=name,
         region=seg.region,
@@ -198,7 +215,8 @@ class ExposureEngine:
         self.window_s = window_s
         self.version = thresholds.label
         self._segments = {
-            name: _compile(i, name, thresholds.segments[name]) for i, name in enumerate(SEGMENT_ORDER)
+            name: _compile(i, name, thresholds.segments[name], thresholds.not_acceptable_limit_s)
+            for i, name in enumerate(SEGMENT_ORDER)
         }
         per_min = thresholds.frequent_entries_per_min
         # "≥ 2 movements per minute" (EN 1005-4): an entry within 60 s of the previous one
@@ -288,7 +306,8 @@ class ExposureEngine:
         s = state.slots
         count = i1 - i0
         s[G_WEAR] += count * dt
-        zones = [[seg.zone(a) for a in values[i0:i1]] for seg, values in present]
+        chunks = [values[i0:i1] for _, values in present]
+        zones = [seg.zones(chunk) for (seg, _), chunk in zip(present, chunks, strict=True)]
         all_ok = (
             [not any(col) for col in zip(*zones, strict=True)]
             if len(zones) > 1
@@ -310,8 +329,10 @@ class ExposureEngine:
         break_possible = self._break_possible(s, len(present), count * dt)
         trajectories: list[list[float]] = []  # per present segment: dose after each sample
         hold_alerts: list[tuple[int, str]] = []  # (sample index in the chunk, segment)
-        for (seg, values), seg_zones in zip(present, zones, strict=True):
+        for (seg, _values), chunk, seg_zones in zip(present, chunks, zones, strict=True):
             b = NG + seg.index * NS
+            for k, seconds in enumerate(seg.seconds_above(chunk, dt)):
+                s[b + W_CUT0 + k] += seconds
             dose = s[b + DOSE]
             active = s[b + ACTIVE]
             s[b + W_SAMPLES] += count
@@ -319,9 +340,6 @@ class ExposureEngine:
             if not active and not any(seg_zones):
                 # fast path: neutral all through, no hold: only cut-points and recovery to account
                 s[b + W_ACC] += count * dt
-                for k, cut in enumerate(seg.cutpoints):
-                    above = sum(1 for a in values[i0:i1] if a > cut)
-                    s[b + W_CUT0 + k] += above * dt
                 for ok in all_ok:
                     if ok or rest:
                         dose *= decay
@@ -338,13 +356,11 @@ class ExposureEngine:
             frequent = s[b + FREQUENT]
             last_out = s[b + LAST_OUT]
             longest = s[b + W_LONGEST]
-            w_zone = [0.0, 0.0, 0.0]
-            cuts = seg.cutpoints
-            cut_time = [0.0] * len(cuts)
+            zone_samples = [0, 0, 0]
+            over_from = seg.min_limit_s + snap
             for j in range(count):
-                i = i0 + j
-                a = values[i]
-                t = start_s + i * dt
+                a = chunk[j]
+                t = start_s + (i0 + j) * dt
                 base_zone = seg_zones[j]
                 zone = base_zone
                 if base_zone:
@@ -356,10 +372,7 @@ class ExposureEngine:
                     last_out = t
                     if frequent and zone == 1:
                         zone = 2  # EN 1005-4: frequent movements into the zone are not acceptable
-                w_zone[zone] += dt
-                for k in range(len(cuts)):
-                    if a > cuts[k]:
-                        cut_time[k] += dt
+                zone_samples[zone] += 1
                 if active:
                     if base_zone and abs(a - h_sum / h_n) <= tol:
                         h_sum += a
@@ -379,7 +392,7 @@ class ExposureEngine:
                     duration = last_in + dt - h_start
                     if duration > longest:
                         longest = duration
-                    if duration > seg.limit(h_sum / h_n, na_limit) + snap:
+                    if duration > over_from and duration > seg.limit(h_sum / h_n, na_limit) + snap:
                         over = True
                         if not rest and t - last_nudge >= nudge_every:
                             last_nudge = t
@@ -400,11 +413,9 @@ class ExposureEngine:
             s[b + FREQUENT] = frequent
             s[b + LAST_OUT] = last_out
             s[b + W_LONGEST] = longest
-            s[b + W_ACC] += w_zone[0]
-            s[b + W_COND] += w_zone[1]
-            s[b + W_NA] += w_zone[2]
-            for k in range(len(cuts)):
-                s[b + W_CUT0 + k] += cut_time[k]
+            s[b + W_ACC] += zone_samples[0] * dt
+            s[b + W_COND] += zone_samples[1] * dt
+            s[b + W_NA] += zone_samples[2] * dt
             trajectories.append(traj)
         if hold_alerts:
             # the upper-back dose at each alert's sample, once every segment has reached it: reading
