@@ -296,32 +296,98 @@ def run_quix(bootstrap: str, influx_url: str, frames: int, state: Path) -> dict[
     return {"elapsed_s": elapsed, "stored_frames": stored(ql)}
 
 
+CHECKPOINT_FRAMES = 20_000  # the processor's default max_pending_frames
+
+
+def checkpoint(runtime: Runtime, table: dict[str, WorkerRecord]) -> None:
+    """What the processor keeps after a checkpoint: records in the table; points and outputs go."""
+    dirty, lines = runtime.snapshot()
+    table.update(dirty)  # the table holds the same record objects
+    runtime.take_outputs()
+    del dirty, lines
+
+
 def memory_per_worker(workers: int) -> dict[str, float]:
-    """Resident bytes per tracked worker: RSS growth while the Runtime takes one frame each."""
+    """Resident bytes per tracked worker after a 10-second window of 1-second frames from each
+    (duplicate-id memory full, one window closed), checkpointing as the processor does.
+
+    RSS right after the run also holds the allocator's high-water mark of *transient* buffers
+    (points and window messages between checkpoints: it grows with frames per checkpoint, not
+    with workers), which a running processor reuses. So: `bytes_per_worker` is RSS growth after
+    malloc_trim(0) returns freed pages; `untrimmed` is without it; `allocated` is what Python
+    objects still hold (tracemalloc, a second pass on the same frames). `bytes_per_worker` is the
+    larger of resident and allocated.
+    """
+    import ctypes
+    import tracemalloc
+
     import psutil
 
     from strainwatch.gateway.simulator import FleetSimulator, SimConfig
 
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-    cfg = SimConfig(
-        workers=workers, rate_hz=10.0, frame_s=1.0, duration_s=1.0, start=start, seed=3, shifts=False
-    )
-    messages = [(f.key, f.value) for f in FleetSimulator(cfg).frames() if f.expected_reason is None]
-    engine = ExposureEngine(load_thresholds("default"), window_s=10)
-    table: dict[str, WorkerRecord] = {}
-    runtime = Runtime(engine, RuntimeConfig(), load=table.get)
+
+    def workload(n: int) -> list[tuple[bytes, bytes]]:
+        cfg = SimConfig(
+            workers=n, rate_hz=10.0, frame_s=1.0, duration_s=10.0, start=start, seed=3, shifts=False
+        )
+        return [(f.key, f.value) for f in FleetSimulator(cfg).frames() if f.expected_reason is None]
+
+    def run(messages: list[tuple[bytes, bytes]]) -> tuple[Runtime, dict[str, WorkerRecord]]:
+        engine = ExposureEngine(load_thresholds("default"), window_s=10)
+        table: dict[str, WorkerRecord] = {}
+        runtime = Runtime(engine, RuntimeConfig(), load=table.get)
+        for offset, (key, value) in enumerate(messages):
+            runtime.on_message(key, value, 0, offset)
+            if offset % CHECKPOINT_FRAMES == CHECKPOINT_FRAMES - 1:
+                checkpoint(runtime, table)
+        checkpoint(runtime, table)
+        return runtime, table
+
+    libc = ctypes.CDLL("libc.so.6")
+    messages = workload(workers)
     gc.collect()
+    libc.malloc_trim(0)
     process = psutil.Process()
     before = process.memory_info().rss
-    for offset, (key, value) in enumerate(messages):
-        runtime.on_message(key, value, 0, offset)
-    dirty, _ = runtime.snapshot()
-    table.update(dirty)  # as in the processor: the table holds the same record objects
-    runtime.take_outputs()
+    runtime, _table = run(messages)
     gc.collect()
+    untrimmed = process.memory_info().rss
+    libc.malloc_trim(0)
     after = process.memory_info().rss
     tracked = len(runtime.records)
-    return {"workers_tracked": tracked, "bytes_per_worker": (after - before) / max(tracked, 1)}
+
+    del runtime, _table
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    traced_runtime, _traced_table = run(messages)
+    gc.collect()
+    allocated = (tracemalloc.get_traced_memory()[0] - base) / max(len(traced_runtime.records), 1)
+    tracemalloc.stop()
+    resident = (after - before) / max(tracked, 1)
+    return {
+        "workers_tracked": tracked,
+        # conservative: trimmed RSS can read low where the run reused pages freed before it
+        "bytes_per_worker": max(resident, allocated),
+        "resident_bytes_per_worker": resident,
+        "bytes_per_worker_untrimmed": (untrimmed - before) / max(tracked, 1),
+        "allocated_bytes_per_worker": allocated,
+    }
+
+
+def memory_in_fresh_process(workers: int) -> dict[str, float]:
+    """memory_per_worker in a new interpreter: RSS deltas in this one are blurred by the memory the
+    baselines freed (the allocator reuses it, so growth would read low)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-only", str(workers)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    result: dict[str, float] = orjson.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def top_profile(path: Path, n: int = 15) -> list[dict[str, Any]]:
@@ -349,7 +415,11 @@ def main() -> None:
     parser.add_argument("--memory-workers", type=int, default=10_000)
     parser.add_argument("--skip-quix", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--memory-only", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_only:
+        print(orjson.dumps(memory_per_worker(args.memory_only)).decode())
+        return
 
     with tempfile.TemporaryDirectory(prefix="strainwatch-bench-") as tmp:
         state = Path(tmp)
@@ -368,7 +438,7 @@ def main() -> None:
             log(f"aiokafka: {aiokafka_result}")
             quix_result = None if args.skip_quix else run_quix(bootstrap, influx_url, frames, state)
             log(f"quix: {quix_result}")
-            memory = memory_per_worker(args.memory_workers)
+            memory = memory_in_fresh_process(args.memory_workers)
             log(f"memory: {memory}")
             profile_rows = top_profile(profile) if profile is not None and profile.exists() else []
         finally:
@@ -392,6 +462,9 @@ def main() -> None:
         "ratio_strainwatch_to_aiokafka": round(faust_sps / aiokafka_sps, 3),
         "ratio_strainwatch_to_quix": round(faust_sps / quix_sps, 3) if quix_sps else None,
         "bytes_per_worker": round(memory["bytes_per_worker"]),
+        "resident_bytes_per_worker": round(memory["resident_bytes_per_worker"]),
+        "bytes_per_worker_untrimmed": round(memory["bytes_per_worker_untrimmed"]),
+        "allocated_bytes_per_worker": round(memory["allocated_bytes_per_worker"]),
         "memory_workers": memory["workers_tracked"],
         "exact": faust_result["stored_frames"] == frames
         and faust_result["samples_sum"] == samples

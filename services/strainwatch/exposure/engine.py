@@ -16,14 +16,17 @@ from typing import Literal
 
 from strainwatch.exposure.thresholds import SegmentThresholds, Thresholds
 
+# The state holds blocks for the first CORE_SEGMENTS always and grows for the optional ones the
+# first time a device sends them: most wearables have no lateral/twist sensors (288 bytes a worker).
 SEGMENT_ORDER: tuple[str, ...] = (
     "trunk_flexion",
-    "trunk_lateral",
-    "trunk_twist",
     "neck_flexion",
     "arm_elevation_left",
     "arm_elevation_right",
+    "trunk_lateral",
+    "trunk_twist",
 )
+CORE_SEGMENTS = 4
 ZONES: tuple[str, str, str] = ("acceptable", "conditional", "not_acceptable")
 NEVER = -math.inf
 
@@ -35,7 +38,7 @@ DOSE, ACTIVE, H_START, H_SUM, H_N, H_LAST_IN, LAST_NUDGE, LAST_ENTRY, FREQUENT, 
 W_SAMPLES, W_ACC, W_COND, W_NA, W_CUT0, W_CUT1, W_CUT2, W_LONGEST = range(10, 18)
 NS = 18
 MAX_CUTPOINTS = 3
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 def _r(value: float) -> float:
@@ -92,12 +95,12 @@ class WorkerState:
 
     @classmethod
     def new(cls) -> WorkerState:
-        slots = array("d", bytes(8 * (NG + NS * len(SEGMENT_ORDER))))
+        slots = array("d", bytes(8 * (NG + NS * CORE_SEGMENTS)))  # exact size: extend over-allocates
         slots[G_END] = NEVER
         slots[G_WIN] = NEVER
         slots[G_LAST_BREAK] = NEVER
         slots[G_BREAK_SHIFT] = NEVER
-        for index in range(len(SEGMENT_ORDER)):
+        for index in range(CORE_SEGMENTS):
             base = NG + index * NS
             slots[base + LAST_NUDGE] = NEVER
             slots[base + LAST_ENTRY] = NEVER
@@ -105,12 +108,28 @@ class WorkerState:
         return cls(slots)
 
     @property
+    def segments(self) -> int:
+        """How many segment blocks the state holds (SEGMENT_ORDER's first n)."""
+        return (len(self.slots) - NG) // NS
+
+    def grow(self, segments: int) -> None:
+        """Add blocks up to `segments` (a new block: no dose, no hold, never nudged)."""
+        slots = self.slots
+        for index in range(self.segments, segments):
+            slots.extend(array("d", bytes(8 * NS)))
+            base = NG + index * NS
+            slots[base + LAST_NUDGE] = NEVER
+            slots[base + LAST_ENTRY] = NEVER
+            slots[base + LAST_OUT] = NEVER
+
+    @property
     def end_s(self) -> float:
         """Event time just after the last processed sample; -inf before the first."""
         return self.slots[G_END]
 
     def dose(self, segment: str) -> float:
-        return self.slots[NG + SEGMENT_ORDER.index(segment) * NS + DOSE]
+        index = SEGMENT_ORDER.index(segment)
+        return self.slots[NG + index * NS + DOSE] if index < self.segments else 0.0
 
     def to_bytes(self) -> bytes:
         return bytes([_STATE_VERSION]) + self.slots.tobytes()
@@ -121,7 +140,8 @@ class WorkerState:
             raise ValueError("unknown exposure state version")
         slots = array("d")
         slots.frombytes(data[1:])
-        if len(slots) != NG + NS * len(SEGMENT_ORDER):
+        blocks, rest = divmod(len(slots) - NG, NS)
+        if rest or not CORE_SEGMENTS <= blocks <= len(SEGMENT_ORDER):
             raise ValueError("exposure state has the wrong size")
         return cls(slots)
 
@@ -222,6 +242,7 @@ class ExposureEngine:
         # "≥ 2 movements per minute" (EN 1005-4): an entry within 60 s of the previous one
         # (approximation: for k per minute, within 60/(k-1) s, i.e. k entries within a minute on average)
         self._frequent_gap_s = 60.0 / (per_min - 1.0) if per_min > 1.0 else math.inf
+        self._by_index = [self._segments[name] for name in SEGMENT_ORDER]
         rates = thresholds.dose_rate
         self._rates = (rates["acceptable"], rates["conditional"], rates["not_acceptable"])
         self._decay_cache: dict[float, float] = {}
@@ -256,6 +277,9 @@ class ExposureEngine:
         n = len(present[0][1])
         if any(len(values) != n for _, values in present):
             raise ValueError("segment arrays differ in length")
+        needed = max(seg.index for seg, _ in present) + 1
+        if NG + needed * NS > len(s):
+            state.grow(needed)  # the first frame with an optional segment (lateral bend, twist)
         end = s[G_END]
         if end != NEVER and start_s < end - 0.5 * dt:
             raise ValueError(
@@ -421,7 +445,9 @@ class ExposureEngine:
             # the upper-back dose at each alert's sample, once every segment has reached it: reading
             # the state mid-loop would mix segments at different samples (and depend on frame splits)
             present_indexes = {seg.index for seg, _ in present}
-            absent = sum(s[NG + i * NS + DOSE] for i in range(len(SEGMENT_ORDER)) if i not in present_indexes)
+            absent = sum(
+                s[NG + i * NS + DOSE] for i in range((len(s) - NG) // NS) if i not in present_indexes
+            )
             for j, name in sorted(hold_alerts):
                 upper_back = absent + sum(traj[j] for traj in trajectories)
                 out.alerts.append(Alert("posture_hold", start_s + (i0 + j) * dt, name, _r(upper_back)))
@@ -429,7 +455,7 @@ class ExposureEngine:
             self._maybe_break(state, present, trajectories, start_s, dt, i0, out)
 
     def _upper_back(self, s: array[float]) -> float:
-        return sum(s[NG + i * NS + DOSE] for i in range(len(SEGMENT_ORDER)))
+        return sum(s[NG + i * NS + DOSE] for i in range((len(s) - NG) // NS))
 
     def _break_possible(self, s: array[float], n_present: int, seconds: float) -> bool:
         """Whether upper-back dose could reach the break threshold within this chunk (else skip the check)."""
@@ -451,7 +477,7 @@ class ExposureEngine:
         s = state.slots
         th = self.thresholds
         present_indexes = {seg.index for seg, _ in present}
-        absent = sum(s[NG + i * NS + DOSE] for i in range(len(SEGMENT_ORDER)) if i not in present_indexes)
+        absent = sum(s[NG + i * NS + DOSE] for i in range((len(s) - NG) // NS) if i not in present_indexes)
         for j, doses in enumerate(zip(*trajectories, strict=True)):
             upper_back = absent + sum(doses)
             if upper_back < th.break_dose:
@@ -472,7 +498,7 @@ class ExposureEngine:
             by_region: dict[str, float] = {}
             for (seg, _), dose in zip(present, doses, strict=True):
                 by_region[seg.region] = by_region.get(seg.region, 0.0) + dose
-            for index, name in enumerate(SEGMENT_ORDER):
+            for index, name in enumerate(SEGMENT_ORDER[: (len(s) - NG) // NS]):
                 if index not in present_indexes:
                     region = self._segments[name].region
                     by_region[region] = by_region.get(region, 0.0) + s[NG + index * NS + DOSE]
@@ -508,7 +534,7 @@ class ExposureEngine:
         s = state.slots
         th = self.thresholds
         factor = 0.5 ** (gap_s / th.recovery_half_life_s)
-        for seg in self._segments.values():
+        for seg in self._by_index[: (len(s) - NG) // NS]:
             b = NG + seg.index * NS
             s[b + DOSE] *= factor
             if s[b + ACTIVE] and gap_s >= th.hold_hysteresis_s - 1e-3 * s[G_DT]:
@@ -528,7 +554,7 @@ class ExposureEngine:
         longest: dict[str, float] = {}
         dose: dict[str, float] = {}
         upper_back = 0.0
-        for seg in self._segments.values():
+        for seg in self._by_index[: (len(s) - NG) // NS]:
             b = NG + seg.index * NS
             upper_back += s[b + DOSE]
             if not s[b + W_SAMPLES]:
@@ -563,7 +589,7 @@ class ExposureEngine:
         s[G_FRAMES] = 0.0
         s[G_WEAR] = 0.0
         s[G_VIOL] = 0.0
-        for index in range(len(SEGMENT_ORDER)):
+        for index in range((len(s) - NG) // NS):
             b = NG + index * NS
             for slot in range(W_SAMPLES, W_LONGEST + 1):
                 s[b + slot] = 0.0
@@ -585,7 +611,7 @@ class ExposureEngine:
         s = state.slots
         out = FrameOutcome()
         th = self.thresholds
-        for seg in self._segments.values():
+        for seg in self._by_index[: (len(s) - NG) // NS]:
             b = NG + seg.index * NS
             if s[b + ACTIVE]:
                 mean = s[b + H_SUM] / s[b + H_N]

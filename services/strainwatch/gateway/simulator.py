@@ -133,8 +133,9 @@ class _Worker:
 
 
 def _worker_id(site: str, index: int) -> str:
-    # stable per site and index (not per seed), so a backfill and a live run share their workers
-    return "w-" + hashlib.sha1(f"{site}:{index}".encode()).hexdigest()[:6]
+    # stable per site and index (not per seed), so a backfill and a live run share their workers;
+    # the index in hex keeps ids unique (six hash digits alone collided at 10,000 workers)
+    return "w-" + hashlib.sha1(f"{site}:{index}".encode()).hexdigest()[:4] + f"{index:04x}"
 
 
 def _iso(ts_s: float) -> str:

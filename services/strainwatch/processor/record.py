@@ -18,7 +18,9 @@ import orjson
 
 from strainwatch.exposure import WorkerState
 
-RECENT_IDS = 16  # event ids remembered per worker for duplicate detection
+RECENT_IDS = 8  # event ids remembered per worker: redeliveries come within seconds; older copies overlap
+# scored samples and are dead-lettered as `late`, never counted twice (and Kafka replays are caught
+# by offset)
 _VERSION = 1
 _HEADER = struct.Struct("<BI")  # version, length of the metadata JSON
 
@@ -35,6 +37,9 @@ class Buffered:
     frame: Any = None  # the parsed PostureFrame while in memory; re-parsed after a restore
 
 
+NO_BUFFER: Any = ()
+
+
 @dataclass(slots=True)
 class WorkerRecord:
     state: WorkerState
@@ -48,7 +53,8 @@ class WorkerRecord:
     window_team: str | None = None
     window_start: float = float("-inf")
     recent_ids: array = field(default_factory=lambda: array("Q"))
-    buffer: list[Buffered] = field(default_factory=list)
+    # an empty list is 56 bytes a worker; almost every worker's buffer is empty almost always
+    buffer: list[Buffered] = field(default=NO_BUFFER)  # type: ignore[assignment]
     buffered_since: float = 0.0  # monotonic clock, memory only
 
     def remember(self, event_key: int) -> None:
@@ -98,6 +104,8 @@ class WorkerRecord:
             window_start=float(meta.get("wstart", float("-inf"))),
             recent_ids=array("Q", meta.get("ids", [])),
         )
+        if meta.get("buf"):
+            record.buffer = []
         for start_s, end_s, offset, key, raw in meta.get("buf", []):
             record.buffer.append(Buffered(start_s, end_s, offset, key, base64.b64decode(raw)))
         return record

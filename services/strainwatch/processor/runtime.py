@@ -22,7 +22,7 @@ import structlog
 from strainwatch.events import DeadReason, PostureFrame, Rejected, parse_frame
 from strainwatch.exposure import Alert, ExposureEngine, WindowAggregate
 from strainwatch.logs import RateLimitedLog
-from strainwatch.processor.record import Buffered, WorkerRecord
+from strainwatch.processor.record import NO_BUFFER, Buffered, WorkerRecord
 from strainwatch.storage.measurements import break_alert_line, exposure_line
 
 log = structlog.get_logger("strainwatch.processor")
@@ -152,6 +152,8 @@ class Runtime:
         if expected != expected or expected == float("-inf") or abs(start_s - expected) <= tolerance:
             self._apply(worker, record, frame, start_s)
         elif start_s > expected:
+            if not record.buffer:
+                record.buffer = []  # records share an empty tuple until they buffer something
             record.buffer.append(Buffered(start_s, end_s, offset, event_key, value, frame))
             record.buffer.sort(key=lambda b: b.start_s)
             if len(record.buffer) == 1:
@@ -201,6 +203,8 @@ class Runtime:
             if not (contiguous or waited_long_enough or gap_timeout):
                 return
             buffer.pop(0)
+            if not buffer:
+                record.buffer = NO_BUFFER
             frame = head.frame if head.frame is not None else PostureFrame.model_validate_json(head.raw)
             self._apply(worker, record, frame, head.start_s)
 
