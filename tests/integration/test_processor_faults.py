@@ -72,13 +72,34 @@ def all_points(ql: InfluxQL, measurement: str) -> dict[tuple[Any, ...], dict[str
     return points
 
 
-def run_to_completion(run_processor: Any, env: dict[str, str], ql: InfluxQL, total: int) -> None:
+def frames_by_window(ql: InfluxQL) -> dict[tuple[str, int], int]:
+    by_window: dict[tuple[str, int], int] = {}
+    for series in ql.query('SELECT "frames" FROM "exposure" GROUP BY "worker"'):
+        worker = (series.get("tags") or {}).get("worker", "?")
+        for ts, frames in series["values"]:
+            by_window[(worker, ts)] = by_window.get((worker, ts), 0) + int(frames or 0)
+    return by_window
+
+
+def run_to_completion(
+    run_processor: Any, env: dict[str, str], ql: InfluxQL, total: int, reference: InfluxQL | None = None
+) -> None:
     proc = run_processor(env)
-    wait_for(
-        lambda: (proc.running() or pytest.fail(proc.log())) and stored_frames(ql) >= total,
-        timeout_s=180,
-        what=f"{total} frames stored",
-    )
+    try:
+        wait_for(
+            lambda: (proc.running() or pytest.fail(proc.log())) and stored_frames(ql) >= total,
+            timeout_s=180,
+            what=f"{total} frames stored",
+        )
+    except AssertionError as error:
+        # say which windows differ from the reference run: the count alone does not tell why
+        diff = ""
+        if reference is not None:
+            want, have = frames_by_window(reference), frames_by_window(ql)
+            wrong = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+            diff = "; ".join(f"{k}: want {want.get(k)} have {have.get(k)}" for k in wrong[:20])
+            diff = f"; {len(wrong)} windows differ from the reference: {diff}"
+        raise AssertionError(f"{error}; stored {stored_frames(ql)}{diff}\n{proc.log()[-3000:]}") from None
     assert proc.terminate() == 0, proc.log()
 
 
@@ -107,7 +128,7 @@ def test_kill_9_mid_stream_gives_the_same_results(
     )
     first.kill9()
     assert at_kill < total, "the processor finished before it could be killed mid-stream: use more frames"
-    run_to_completion(run_processor, env, crashed, total)
+    run_to_completion(run_processor, env, crashed, total, reference)
 
     assert stored_frames(crashed) == total
     assert all_points(crashed, "exposure") == all_points(reference, "exposure")

@@ -3,8 +3,9 @@
 Exactness (DESIGN.md): at-least-once delivery plus idempotent state. Messages are consumed from a
 `noack` stream and acknowledged only at a checkpoint, which in one synchronous step snapshots the
 dirty worker records (each carrying the source offset it has consumed) and the InfluxDB points that
-cover them, then writes the records to the table (changelog), writes the points, flushes the
-producer, and only then acks. A committed offset therefore never runs ahead of persisted state; a
+cover them, then writes the points, then the records to the table's changelog (state must never
+say "consumed" before the points of what it consumed are stored), awaits every delivery, and only
+then acks. A committed offset therefore never runs ahead of persisted state; a
 replay after `kill -9` skips frames at or before each record's offset; points overwrite by key.
 State reaches the table once per worker per checkpoint, not per frame: the table write is the
 costliest thing faust does per event (about 150 µs, DESIGN.md).
@@ -15,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
 import structlog
 from faust.serializers import codecs
+from faust.transport import consumer as faust_consumer
 
 from strainwatch.config import Settings
 from strainwatch.events import RosterEntry
@@ -49,6 +52,24 @@ class _RecordCodec(codecs.Codec):
 
 codecs.register(RECORD_CODEC, _RecordCodec())
 
+# Only the checkpoint may acknowledge a posture frame. faust's stream acks, by itself and even on a
+# `noack` stream, every event it *skips* (flow control inactive or a consumer generation changed,
+# as at start-up); such a frame never reached the agent, and once its offset was committed a
+# restart could not replay it: the kill test lost exactly one frame this way (committed offset 1
+# on a partition whose offset 0 the agent never saw). With the guard a skipped frame stays
+# unacknowledged, so the committed offset cannot pass it.
+_CHECKPOINT_ACKING: dict[str, bool] = {"active": False}
+_faust_ack = faust_consumer.Consumer.ack
+
+
+def _guarded_ack(self: Any, message: Any) -> bool:
+    if message.topic == POSTURE_EVENTS.name and not _CHECKPOINT_ACKING["active"]:
+        return False
+    return bool(_faust_ack(self, message))
+
+
+faust_consumer.Consumer.ack = _guarded_ack  # type: ignore[method-assign]
+
 
 class _RecordType:
     """The table's value type: faust takes a type's serializer from `_options.serializer` (so the
@@ -76,6 +97,8 @@ class Processor:
         self.settings = settings
         self.thresholds = load_thresholds(thresholds or settings.thresholds)
         self.engine = ExposureEngine(self.thresholds, window_s=settings.window_s)
+        datadir = Path(settings.state_dir) / "faust"
+        datadir.mkdir(parents=True, exist_ok=True)
         brokers = ";".join(f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(","))
         self.app = faust.App(
             settings.processor_group,
@@ -100,6 +123,8 @@ class Processor:
             producer_max_request_size=4 * 1024 * 1024,
             table_standby_replicas=0,
             logging_config=None,
+            # faust's data dir defaults to ./{app id}-data in the working directory
+            datadir=str(datadir),
         )
         self.source = self.app.topic(POSTURE_EVENTS.name, key_serializer="raw", value_serializer="raw")
         self.dlq = self.app.topic(POSTURE_DEADLETTER.name, key_serializer="raw", value_serializer="raw")
@@ -141,6 +166,8 @@ class Processor:
             settings.influx_bucket,
         )
         self.pending: list[Any] = []  # messages awaiting the next checkpoint's ack
+        self._last_seen: dict[int, int] = {}  # partition -> last offset the agent took
+        self._resuming: dict[int, int] = {}  # partition -> the missing offset it sought back to
         self._in_flight: list[Any] = []  # delivery futures of outputs sent since the last checkpoint
         self.stats = ProcessorStats()
         self._lock = asyncio.Lock()
@@ -163,8 +190,32 @@ class Processor:
         @app.agent(self.source, name="score-posture")
         async def score(stream: faust.StreamT) -> None:
             runtime = self.runtime
+            last_seen = self._last_seen
+            resuming = self._resuming
+            consumer = self.app.consumer
             async for event in stream.noack().events():
                 message = event.message
+                partition, offset = message.partition, message.offset
+                wanted = resuming.get(partition)
+                if wanted is not None:
+                    if offset != wanted:
+                        continue  # still the old position's messages: they come again after the seek
+                    del resuming[partition]
+                previous = last_seen.get(partition)
+                if previous is not None and offset > previous + 1:
+                    # faust skipped events (it drops, and would ack, events that arrive while flow
+                    # control is off, as when table recovery ends): seek back so they come again;
+                    # frames already applied are skipped by their records' consumed offsets
+                    log.warning(
+                        "offset hole: seeking back",
+                        partition=partition,
+                        missing_from=previous + 1,
+                        got=offset,
+                    )
+                    resuming[partition] = previous + 1
+                    await consumer.seek(message.tp, previous + 1)
+                    continue
+                last_seen[partition] = offset
                 runtime.on_message(message.key, message.value, message.partition, message.offset)
                 self.pending.append(message)
                 if runtime.out:
@@ -195,6 +246,8 @@ class Processor:
         @app.on_partitions_assigned.connect
         async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
             mine = sorted(tp.partition for tp in assigned if tp.topic == POSTURE_EVENTS.name)
+            self._last_seen.clear()  # faust resumes each partition at its committed offset
+            self._resuming.clear()
             log.info("partitions assigned", partitions=mine)
 
         @app.on_partitions_revoked.connect
@@ -224,22 +277,32 @@ class Processor:
         async with self._lock:
             messages, self.pending = self.pending, []
             dirty, lines = self.runtime.snapshot()  # one synchronous step: states match `messages`
-            # The table's own `__setitem__` queues changelog records in faust's producer buffer,
-            # whose flush() gives up after 0.1 s without a send; under load that let acks run ahead
-            # of the changelog and, once, stalled the buffer. So: serialise each record now, send it
-            # straight to the changelog topic, keep the delivery future, update the local store.
-            changelog = self.table.changelog_topic
-            deliveries = []
+            # Order matters, and a kill can land between any two steps:
+            # 1. serialise every record before the first await: a timer checkpoint runs beside the
+            #    agent, which goes on scoring meanwhile; a record serialised later would hold frames
+            #    (and closed windows) whose points are not in `lines`;
+            # 2. points first, state second: state on the changelog says "frames up to offset X are
+            #    in me", and replay skips them; if it landed before the points of the windows those
+            #    frames closed, a kill in between lost those points for good (the kill test caught
+            #    both). Points written without the state are simply rewritten by the replay.
+            # 3. The table's own `__setitem__` queues records in faust's producer buffer, whose
+            #    flush() gives up after 0.1 s; under load acks ran ahead of the changelog and once
+            #    the buffer stalled. So records go straight to the changelog topic, on the source
+            #    partition, and their delivery futures are awaited before the ack.
+            payloads = [
+                (worker.encode(), record.to_bytes(), record.partition) for worker, record in dirty.items()
+            ]
             for worker, record in dirty.items():
-                key = worker.encode()
-                self.table.data[key] = record
-                deliveries.append(
-                    await changelog.send(key=key, value=record.to_bytes(), partition=record.partition)
-                )
+                self.table.data[worker.encode()] = record
             await self._publish()
             self.sink.add(lines)
             try:
                 await self.sink.flush(give_up_when_stopping=final)
+                changelog = self.table.changelog_topic
+                deliveries = [
+                    await changelog.send(key=key, value=value, partition=partition)
+                    for key, value, partition in payloads
+                ]
                 await self._outputs_delivered()
                 if deliveries:
                     await asyncio.gather(*deliveries)
@@ -247,8 +310,12 @@ class Processor:
                 log.warning("checkpoint abandoned; its frames will be replayed", frames=len(messages))
                 raise
             consumer = self.app.consumer
-            for message in messages:
-                message.ack(consumer)
+            _CHECKPOINT_ACKING["active"] = True
+            try:
+                for message in messages:  # synchronous: no faust ack can interleave
+                    message.ack(consumer)
+            finally:
+                _CHECKPOINT_ACKING["active"] = False
             self.stats.checkpoints += 1
             self.stats.acked += len(messages)
             self._last_checkpoint = time.monotonic()

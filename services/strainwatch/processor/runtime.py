@@ -142,7 +142,8 @@ class Runtime:
         event_key = frame.event_id.int >> 64
         if event_key in record.recent_ids or any(b.event_key == event_key for b in record.buffer):
             self.counters.duplicates += 1
-            record.last_offset = offset
+            if not record.buffer:
+                record.last_offset = max(record.last_offset, offset)
             self.dirty.add(worker)
             return
         start_s = frame.start_ts.timestamp()
@@ -168,11 +169,16 @@ class Runtime:
                 DeadReason.LATE,
                 f"frame at {_iso(start_s)} overlaps samples already scored up to {_iso(expected)}",
             )
-            record.last_offset = offset
+            if not record.buffer:
+                record.last_offset = max(record.last_offset, offset)
             self.dirty.add(worker)
             return
         record.remember(event_key)
-        record.last_offset = offset
+        if not record.buffer:
+            # Only once nothing waits in the reorder buffer: "every frame of this worker at or
+            # before last_offset is in the state" must stay true, or a replay would skip a frame
+            # that was still missing (buffered frames advance it when they are applied).
+            record.last_offset = max(record.last_offset, offset)
         self._drain(worker, record, gap_timeout=False)
         self.dirty.add(worker)
 
@@ -207,6 +213,7 @@ class Runtime:
                 record.buffer = NO_BUFFER
             frame = head.frame if head.frame is not None else PostureFrame.model_validate_json(head.raw)
             self._apply(worker, record, frame, head.start_s)
+            record.last_offset = max(record.last_offset, head.offset)
 
     @staticmethod
     def _rate(buffered: Buffered) -> float:
