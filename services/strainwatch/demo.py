@@ -50,10 +50,10 @@ def run_demo(
     workers: int, days: float, live_s: float, invalid_rate: float, seed: int, broker: str | None
 ) -> dict[str, Any]:
     from strainwatch.gateway.cli import paced
-    from strainwatch.gateway.producer import produce
+    from strainwatch.gateway.producer import produce, produce_roster
     from strainwatch.gateway.simulator import FleetSimulator, SimConfig, backfill_config
     from strainwatch.stack.manager import Stack, StackConfig
-    from strainwatch.topics import POSTURE_EVENTS
+    from strainwatch.topics import POSTURE_EVENTS, ROSTER
 
     started = time.monotonic()
     settings = get_settings()
@@ -95,6 +95,9 @@ def run_demo(
                 days=days, workers=workers, now=run_at, seed=seed, site_id=site, invalid_rate=invalid_rate
             )
         )
+        # the roster first: points carry each worker's team from the first frame on
+        rostered = produce_roster(history.roster(), stack_cfg.bootstrap, ROSTER.name)
+        console.print(f"roster: {rostered} workers in {len({e['team'] for e in history.roster()})} teams")
         backfill = produce(history.frames(), stack_cfg.bootstrap, POSTURE_EVENTS.name, progress=True)
         console.print(f"backfilled {backfill.frames_produced:,} frames in {backfill.elapsed_s:.1f} s")
 
