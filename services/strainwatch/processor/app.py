@@ -167,7 +167,6 @@ class Processor:
         )
         self.pending: list[Any] = []  # messages awaiting the next checkpoint's ack
         self._last_seen: dict[int, int] = {}  # partition -> last offset the agent took
-        self._resuming: dict[int, int] = {}  # partition -> the missing offset it sought back to
         self._in_flight: list[Any] = []  # delivery futures of outputs sent since the last checkpoint
         self.stats = ProcessorStats()
         self._lock = asyncio.Lock()
@@ -191,31 +190,21 @@ class Processor:
         async def score(stream: faust.StreamT) -> None:
             runtime = self.runtime
             last_seen = self._last_seen
-            resuming = self._resuming
-            consumer = self.app.consumer
             async for event in stream.noack().events():
                 message = event.message
-                partition, offset = message.partition, message.offset
-                wanted = resuming.get(partition)
-                if wanted is not None:
-                    if offset != wanted:
-                        continue  # still the old position's messages: they come again after the seek
-                    del resuming[partition]
-                previous = last_seen.get(partition)
-                if previous is not None and offset > previous + 1:
-                    # faust skipped events (it drops, and would ack, events that arrive while flow
-                    # control is off, as when table recovery ends): seek back so they come again;
-                    # frames already applied are skipped by their records' consumed offsets
-                    log.warning(
-                        "offset hole: seeking back",
-                        partition=partition,
+                previous = last_seen.get(message.partition)
+                if previous is not None and message.offset > previous + 1:
+                    # faust skipped events (it drops events that arrive while flow control is off,
+                    # as when table recovery ends): those frames are not in the state. Seeking back
+                    # stalled the partition in a test, so this only makes the loss visible; see
+                    # docs/processor.md (open problem)
+                    log.error(
+                        "offset hole: frames skipped by faust",
+                        partition=message.partition,
                         missing_from=previous + 1,
-                        got=offset,
+                        got=message.offset,
                     )
-                    resuming[partition] = previous + 1
-                    await consumer.seek(message.tp, previous + 1)
-                    continue
-                last_seen[partition] = offset
+                last_seen[message.partition] = message.offset
                 runtime.on_message(message.key, message.value, message.partition, message.offset)
                 self.pending.append(message)
                 if runtime.out:
@@ -247,7 +236,6 @@ class Processor:
         async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
             mine = sorted(tp.partition for tp in assigned if tp.topic == POSTURE_EVENTS.name)
             self._last_seen.clear()  # faust resumes each partition at its committed offset
-            self._resuming.clear()
             log.info("partitions assigned", partitions=mine)
 
         @app.on_partitions_revoked.connect
