@@ -167,12 +167,44 @@ class Processor:
         )
         self.pending: list[Any] = []  # messages awaiting the next checkpoint's ack
         self._last_seen: dict[int, int] = {}  # partition -> last offset the agent took
+        self._gaps_to_release: list[tuple[Any, int, int]] = []  # recovered holes awaiting a checkpoint
         self._in_flight: list[Any] = []  # delivery futures of outputs sent since the last checkpoint
         self.stats = ProcessorStats()
         self._lock = asyncio.Lock()
         self._last_checkpoint = time.monotonic()
         self._stopping = False
         self._wire()
+
+    async def _recover_hole(self, tp: Any, first: int, end: int) -> None:
+        """Feed offsets [first, end) of a partition to the runtime from a group-less consumer.
+
+        They were never delivered by faust, so there is no faust message to ack; once a checkpoint
+        has persisted them, `_gaps_to_release` tells faust's consumer their offsets are done (its
+        gap list is what faust itself uses for offsets it never saw), so commits move on."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        log.warning(
+            "offset hole: frames skipped by faust, reading them", partition=tp.partition, first=first, end=end
+        )
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
+        )
+        await reader.start()
+        try:
+            part = TopicPartition(tp.topic, tp.partition)
+            reader.assign([part])
+            reader.seek(part, first)
+            offset = first
+            while offset < end:
+                batches = await reader.getmany(part, timeout_ms=1_000, max_records=end - offset)
+                for record in batches.get(part, []):
+                    if record.offset >= end:
+                        break
+                    self.runtime.on_message(record.key, record.value, tp.partition, record.offset)
+                    offset = record.offset + 1
+        finally:
+            await reader.stop()
+        self._gaps_to_release.append((tp, first, end))
 
     def _load(self, worker: str) -> WorkerRecord | None:
         value = self.table.get(worker.encode())
@@ -195,15 +227,9 @@ class Processor:
                 previous = last_seen.get(message.partition)
                 if previous is not None and message.offset > previous + 1:
                     # faust skipped events (it drops events that arrive while flow control is off,
-                    # as when table recovery ends): those frames are not in the state. Seeking back
-                    # stalled the partition in a test, so this only makes the loss visible; see
-                    # docs/processor.md (open problem)
-                    log.error(
-                        "offset hole: frames skipped by faust",
-                        partition=message.partition,
-                        missing_from=previous + 1,
-                        got=message.offset,
-                    )
+                    # as when table recovery ends): read them straight from the broker, in order,
+                    # before this one (seeking faust's own consumer back stalled the partition)
+                    await self._recover_hole(message.tp, previous + 1, message.offset)
                 last_seen[message.partition] = message.offset
                 runtime.on_message(message.key, message.value, message.partition, message.offset)
                 self.pending.append(message)
@@ -264,6 +290,7 @@ class Processor:
         """Persist state, points and outputs, then acknowledge the messages they cover."""
         async with self._lock:
             messages, self.pending = self.pending, []
+            gaps, self._gaps_to_release = self._gaps_to_release, []
             dirty, lines = self.runtime.snapshot()  # one synchronous step: states match `messages`
             # Order matters, and a kill can land between any two steps:
             # 1. serialise every record before the first await: a timer checkpoint runs beside the
@@ -302,6 +329,8 @@ class Processor:
             try:
                 for message in messages:  # synchronous: no faust ack can interleave
                     message.ack(consumer)
+                for tp, first, end in gaps:  # recovered holes: persisted now, so done for faust
+                    consumer._gap[tp].addi(first, end)
             finally:
                 _CHECKPOINT_ACKING["active"] = False
             self.stats.checkpoints += 1
