@@ -175,6 +175,36 @@ class Processor:
         self._stopping = False
         self._wire()
 
+    async def _start_positions(self, partitions: list[int]) -> dict[int, int]:
+        """The group's committed offset per partition (the log start where none), from the broker:
+        faust's own cache of it was stale right after assignment."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        if not partitions:
+            return {}
+        # same group id, never subscribed: only an offset fetch, it does not join the group
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.settings.processor_group,
+            enable_auto_commit=False,
+        )
+        try:
+            await reader.start()
+            tps = [TopicPartition(POSTURE_EVENTS.name, p) for p in partitions]
+            starts = await reader.beginning_offsets(tps)
+            positions = {}
+            for tp in tps:
+                committed = await reader.committed(tp)
+                positions[tp.partition] = int(committed) if committed is not None else int(starts[tp])
+            return positions
+        except Exception as error:  # the check is a safety net: without it, start as before
+            log.warning(
+                "committed offsets unavailable; hole check starts at the first event", error=repr(error)
+            )
+            return {}
+        finally:
+            await reader.stop()
+
     async def _recover_hole(self, tp: Any, first: int, end: int) -> None:
         """Feed offsets [first, end) of a partition to the runtime from a group-less consumer.
 
@@ -262,6 +292,9 @@ class Processor:
         async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
             mine = sorted(tp.partition for tp in assigned if tp.topic == POSTURE_EVENTS.name)
             self._last_seen.clear()  # faust resumes each partition at its committed offset
+            # ...which is where the hole check starts: faust can skip the very first events too
+            for partition, position in (await self._start_positions(mine)).items():
+                self._last_seen[partition] = position - 1
             log.info("partitions assigned", partitions=mine)
 
         @app.on_partitions_revoked.connect
