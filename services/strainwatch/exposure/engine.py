@@ -46,6 +46,20 @@ def _r(value: float) -> float:
     return round(value, 6)
 
 
+def _init_block(slots: array[float], index: int) -> None:
+    """A fresh segment block: no dose, no hold, never nudged, never entered a zone."""
+    base = NG + index * NS
+    slots[base + LAST_NUDGE] = NEVER
+    slots[base + LAST_ENTRY] = NEVER
+    slots[base + LAST_OUT] = NEVER
+
+
+def _absent_dose(s: array[float], present: Sequence[tuple[_Segment, object]]) -> float:
+    """Upper-back dose held by the tracked segments a frame does not carry."""
+    present_indexes = {seg.index for seg, _ in present}
+    return sum(s[NG + i * NS + DOSE] for i in range((len(s) - NG) // NS) if i not in present_indexes)
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
     kind: Literal["posture_hold", "conditioning_break"]
@@ -101,10 +115,7 @@ class WorkerState:
         slots[G_LAST_BREAK] = NEVER
         slots[G_BREAK_SHIFT] = NEVER
         for index in range(CORE_SEGMENTS):
-            base = NG + index * NS
-            slots[base + LAST_NUDGE] = NEVER
-            slots[base + LAST_ENTRY] = NEVER
-            slots[base + LAST_OUT] = NEVER
+            _init_block(slots, index)
         return cls(slots)
 
     @property
@@ -117,10 +128,7 @@ class WorkerState:
         slots = self.slots
         for index in range(self.segments, segments):
             slots.extend(array("d", bytes(8 * NS)))
-            base = NG + index * NS
-            slots[base + LAST_NUDGE] = NEVER
-            slots[base + LAST_ENTRY] = NEVER
-            slots[base + LAST_OUT] = NEVER
+            _init_block(slots, index)
 
     @property
     def end_s(self) -> float:
@@ -444,10 +452,7 @@ class ExposureEngine:
         if hold_alerts:
             # the upper-back dose at each alert's sample, once every segment has reached it: reading
             # the state mid-loop would mix segments at different samples (and depend on frame splits)
-            present_indexes = {seg.index for seg, _ in present}
-            absent = sum(
-                s[NG + i * NS + DOSE] for i in range((len(s) - NG) // NS) if i not in present_indexes
-            )
+            absent = _absent_dose(s, present)
             for j, name in sorted(hold_alerts):
                 upper_back = absent + sum(traj[j] for traj in trajectories)
                 out.alerts.append(Alert("posture_hold", start_s + (i0 + j) * dt, name, _r(upper_back)))
@@ -477,7 +482,7 @@ class ExposureEngine:
         s = state.slots
         th = self.thresholds
         present_indexes = {seg.index for seg, _ in present}
-        absent = sum(s[NG + i * NS + DOSE] for i in range((len(s) - NG) // NS) if i not in present_indexes)
+        absent = _absent_dose(s, present)
         for j, doses in enumerate(zip(*trajectories, strict=True)):
             upper_back = absent + sum(doses)
             if upper_back < th.break_dose:

@@ -10,6 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pytest import approx
 
+from strainwatch.events import SEGMENT_RANGES
 from strainwatch.exposure import SEGMENT_ORDER, Alert, Violation, WindowAggregate, WorkerState
 
 from .helpers import Frame, Run, engine, run, split
@@ -22,14 +23,7 @@ EPOCH_MS = 1_700_000_000_000  # real frames carry epoch timestamps (ms)
 HALF_LIFE_S = engine().thresholds.recovery_half_life_s
 # representative angles across every zone (and cut-point) of every segment
 ANGLES = (-10.0, 0.0, 5.0, 12.0, 19.0, 22.0, 30.0, 40.0, 47.0, 55.0, 62.0, 75.0, 95.0, 120.0)
-RANGES = {
-    "trunk_flexion": (-60.0, 150.0),
-    "trunk_lateral": (-90.0, 90.0),
-    "trunk_twist": (-90.0, 90.0),
-    "neck_flexion": (-90.0, 90.0),
-    "arm_elevation_left": (0.0, 180.0),
-    "arm_elevation_right": (0.0, 180.0),
-}
+RANGES = SEGMENT_RANGES  # the contract's physiological ranges: frames outside are rejected
 ACCEPTABLE = {  # inside each segment's acceptable zone (default profile)
     "trunk_flexion": (0.0, 19.5),
     "trunk_lateral": (-9.5, 9.5),
