@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from strainwatch.storage.measurements import EXPOSURE
+from strainwatch.storage.measurements import BREAK_ALERT, EXPOSURE
 
 
 class InfluxQLError(RuntimeError):
@@ -58,14 +58,28 @@ class InfluxQL:
 # --- queries shared by the demo, reports, dashboards and tests -------------------------------
 
 
+def _where(where: str) -> str:
+    return f" WHERE {where}" if where else ""
+
+
 def exposure_points_count() -> str:
     return f'SELECT COUNT("wear_s") FROM "{EXPOSURE}"'
 
 
 def exposure_field_sum(field: str, where: str = "") -> str:
-    return f'SELECT SUM("{field}") FROM "{EXPOSURE}"' + (f" WHERE {where}" if where else "")
+    return f'SELECT SUM("{field}") FROM "{EXPOSURE}"' + _where(where)
 
 
 def exposure_sums_by_worker(fields: list[str]) -> str:
     cols = ", ".join(f'SUM("{f}") AS "{f}"' for f in fields)
     return f'SELECT {cols} FROM "{EXPOSURE}" GROUP BY "worker"'
+
+
+def break_alert_counts(by: str = "kind", where: str = "") -> str:
+    """Alerts per tag value: `kind` or `segment` (a tag since two segments can alert in one second)."""
+    return f'SELECT COUNT("dose") FROM "{BREAK_ALERT}"{_where(where)} GROUP BY "{by}"'
+
+
+def break_alert_points(where: str = "") -> str:
+    """Every alert point with its tags (segment included) as series tags."""
+    return f'SELECT "dose", "alert_id" FROM "{BREAK_ALERT}"{_where(where)} GROUP BY *'

@@ -1,8 +1,23 @@
 """The one definition of strainwatch's InfluxDB measurements, tags and fields, as line protocol.
 
-A point is identified by measurement + tags + timestamp, so a replayed or rewritten window
-overwrites its point instead of doubling it (DESIGN.md, Storage). Timestamps are whole seconds and
-every write says so (`precision=s`): /api/v2/write assumes nanoseconds otherwise.
+InfluxDB identifies a point by measurement + tags + timestamp and a second write of the same
+identity replaces the first. strainwatch relies on that in both directions, so every builder here
+chooses its tags such that the identity is unique per event it records:
+
+- a replayed or rewritten event (a window rewritten as it fills, a frame replayed after a crash)
+  overwrites its own point instead of doubling it;
+- two distinct events never share an identity, or one would silently overwrite the other.
+
+Timestamps are whole seconds and every write says so (`precision=s`): /api/v2/write assumes
+nanoseconds otherwise. Identities per measurement:
+
+- `exposure`: site, team, worker + window start. One window per worker and start; the team is the
+  one the window opened with, so rewrites of an open window keep its identity.
+- `break_alert`: site, team, worker, kind, segment + alert second. Segments are scored in lockstep,
+  so several segments can cross their limit at the same sample: the segment must be a tag.
+  Within one (worker, kind, segment) the engine spaces alerts by the nudge interval or the break
+  cooldown (120 s and 1200 s in the shipped profiles); a profile that sets either below 1 s would
+  put two alerts in one second and the later one would replace the earlier.
 """
 
 from __future__ import annotations
@@ -16,6 +31,7 @@ BREAK_ACK = "break_ack"
 INCIDENT = "incident"
 
 EXPOSURE_TAGS = ("site", "team", "worker")
+BREAK_ALERT_TAGS = ("site", "team", "worker", "kind", "segment")
 UNASSIGNED_TEAM = "unassigned"  # until the roster names the worker's team
 
 WRITE_PRECISION = "s"
@@ -91,9 +107,15 @@ def exposure_line(site: str, team: str | None, worker: str, window: WindowLike) 
 def break_alert_line(
     site: str, team: str | None, worker: str, kind: str, segment: str, dose: float, alert_id: str, ts_s: float
 ) -> str:
-    tags = {"site": site, "team": team or UNASSIGNED_TEAM, "worker": worker, "kind": kind}
-    fields: dict[str, float | int | str | bool] = {
+    # segment is a tag: alerts of two segments in the same second are two points, not one
+    tags = {
+        "site": site,
+        "team": team or UNASSIGNED_TEAM,
+        "worker": worker,
+        "kind": kind,
         "segment": segment,
+    }
+    fields: dict[str, float | int | str | bool] = {
         "dose": float(dose),
         "alert_id": alert_id,
     }
