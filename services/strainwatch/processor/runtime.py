@@ -76,8 +76,9 @@ class Counters:
         }
 
 
-def _iso(ts_s: float) -> str:
-    return datetime.fromtimestamp(ts_s, UTC).isoformat().replace("+00:00", "Z")
+def iso_ms(ts_s: float) -> str:
+    """Event time as ISO 8601 UTC with milliseconds and Z: the spelling of the frames' start_ts."""
+    return datetime.fromtimestamp(ts_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Runtime:
@@ -88,6 +89,7 @@ class Runtime:
         load: Callable[[str], WorkerRecord | None],
         clock: Callable[[], float] = time.time,
         team_of: Callable[[str], str | None] = lambda worker: None,
+        log_dead_letters: bool = True,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -101,6 +103,8 @@ class Runtime:
         self.counters = Counters()
         self._tol_cache: dict[float, float] = {}
         self._reject_log = RateLimitedLog(log, interval_s=10.0)
+        # offline rescoring reports every dead letter itself: a log line on stderr would be noise
+        self._log_dead_letters = log_dead_letters
         self.thresholds_version = f"{engine.thresholds.profile}@{engine.thresholds.version}"
 
     # --- per message -------------------------------------------------------------------------
@@ -167,7 +171,7 @@ class Runtime:
                 partition,
                 offset,
                 DeadReason.LATE,
-                f"frame at {_iso(start_s)} overlaps samples already scored up to {_iso(expected)}",
+                f"frame at {iso_ms(start_s)} overlaps samples already scored up to {iso_ms(expected)}",
             )
             if not record.buffer:
                 record.last_offset = max(record.last_offset, offset)
@@ -238,14 +242,20 @@ class Runtime:
 
     def _emit_window(self, worker: str, record: WorkerRecord, window: WindowAggregate) -> None:
         self.counters.windows_closed += 1
+        # a window opened before a roster update keeps the team its point was first written with
         team = record.window_team if window.window_start_s == record.window_start else record.team
         self.lines.append(exposure_line(record.site_id, team, worker, window))
+        self.out.windows.append((worker.encode(), self._window_message(worker, record.site_id, team, window)))
+
+    @staticmethod
+    def _window_message(worker: str, site_id: str, team: str | None, window: WindowAggregate) -> bytes:
+        """An exposure.windows.v1 value (events.ExposureWindow)."""
         message = {
             "schema_version": 1,
             "worker_id": worker,
-            "site_id": record.site_id,
+            "site_id": site_id,
             "team": team,
-            "window_start": _iso(window.window_start_s),
+            "window_start": iso_ms(window.window_start_s),
             "window_s": window.window_s,
             "thresholds_version": window.thresholds_version,
             "frames": window.frames,
@@ -256,7 +266,7 @@ class Runtime:
             "longest_hold_s": window.longest_hold_s,
             "dose": window.dose,
         }
-        self.out.windows.append((worker.encode(), orjson.dumps(message)))
+        return orjson.dumps(message)
 
     def _emit_alert(self, worker: str, record: WorkerRecord, alert: Alert) -> None:
         self.counters.alerts += 1
@@ -281,7 +291,7 @@ class Runtime:
             "site_id": record.site_id,
             "team": record.team,
             "kind": alert.kind,
-            "ts": _iso(alert.ts_s),
+            "ts": iso_ms(alert.ts_s),
             "segment": alert.segment,
             "dose": alert.dose,
             "routine": list(alert.routine),
@@ -293,9 +303,10 @@ class Runtime:
         self, key: bytes | None, value: bytes, partition: int, offset: int, reason: DeadReason, detail: str
     ) -> None:
         self.counters.dead_lettered[reason.value] += 1
-        self._reject_log.warning(
-            reason.value, "frame dead-lettered", reason=reason.value, detail=detail[:200]
-        )
+        if self._log_dead_letters:
+            self._reject_log.warning(
+                reason.value, "frame dead-lettered", reason=reason.value, detail=detail[:200]
+            )
         letter = {
             "schema_version": 1,
             "reason": reason.value,
@@ -303,7 +314,7 @@ class Runtime:
             "source_topic": self.config.source_topic,
             "source_partition": partition,
             "source_offset": offset,
-            "received_at": _iso(self._clock()),
+            "received_at": iso_ms(self._clock()),
             "original_b64": base64.b64encode(value).decode(),
             "key_b64": base64.b64encode(key).decode() if key is not None else None,
         }
@@ -342,6 +353,23 @@ class Runtime:
             record.team = sys.intern(team)
             self.records[worker] = record
             self.dirty.add(worker)
+
+    def end_of_input(self) -> None:
+        """No more frames will come (a file rescored offline): gaps will not fill, so every frame
+        still in a reorder buffer is applied, as the processor does once the lateness has passed."""
+        for worker, record in self.records.items():
+            if record.buffer:
+                self._drain(worker, record, gap_timeout=True)
+                self.dirty.add(worker)
+
+    def open_window_message(self, worker: str) -> bytes | None:
+        """The worker's open window as the exposure.windows.v1 value it would be if it closed now
+        (with the team of its point), or None when no window is open."""
+        record = self.records.get(worker)
+        window = self.engine.open_window(record.state) if record is not None else None
+        if record is None or window is None:
+            return None
+        return self._window_message(worker, record.site_id, record.window_team, window)
 
     def record_count(self) -> int:
         return len(self.records)

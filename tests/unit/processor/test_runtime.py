@@ -133,3 +133,41 @@ def test_key_must_match_worker_id() -> None:
     (key, value) = runtime.take_outputs().dead_letters[0]
     assert key == b"w-other"
     assert orjson.loads(value)["reason"] == "invalid_field"
+
+
+def test_a_roster_update_mid_window_keeps_the_windows_team() -> None:
+    roster = {"w-1": "assembly"}
+    engine = ExposureEngine(load_thresholds("default"), window_s=10)
+    runtime = Runtime(engine, RuntimeConfig(), load={}.get, team_of=roster.get)
+    start = aligned_start()
+    window_ts = str(int(start.timestamp()))
+    next_ts = str(int(start.timestamp()) + 10)
+
+    def teams(lines: list[str], ts: str) -> set[str]:
+        return {text.split("team=")[1].split(",")[0] for text in lines if text.endswith(f" {ts}")}
+
+    for i in range(4):
+        runtime.on_message(b"w-1", encode(frame("w-1", start + timedelta(seconds=i))), 0, i)
+    _, lines = runtime.snapshot()
+    assert teams(lines, window_ts) == {"assembly"}
+
+    roster["w-1"] = "packing"
+    runtime.set_team("w-1", "packing")  # mid-window: the open window's point keeps its tag
+    for i in range(4, 10):
+        runtime.on_message(b"w-1", encode(frame("w-1", start + timedelta(seconds=i))), 0, i)
+    _, lines = runtime.snapshot()
+    assert teams(lines, window_ts) == {"assembly"}
+
+    # the next frame closes the window: its final point and its message keep the team too
+    runtime.on_message(b"w-1", encode(frame("w-1", start + timedelta(seconds=10))), 0, 10)
+    (closed,) = runtime.take_outputs().windows
+    assert orjson.loads(closed[1])["team"] == "assembly"
+    _, lines = runtime.snapshot()
+    assert teams(lines, window_ts) == {"assembly"}
+    assert teams(lines, next_ts) == {"packing"}  # the next window carries the new team
+
+    for i in range(11, 21):
+        runtime.on_message(b"w-1", encode(frame("w-1", start + timedelta(seconds=i))), 0, i)
+    (second,) = runtime.take_outputs().windows
+    assert orjson.loads(second[1])["team"] == "packing"
+    assert orjson.loads(runtime.open_window_message("w-1") or b"{}")["team"] == "packing"
