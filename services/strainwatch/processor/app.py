@@ -1,33 +1,37 @@
-"""The faust processor: agents and the worker-state table; the per-message logic lives in Runtime.
+"""The faust wiring of the processor: app, topics, tables, agents, rebalance hooks.
 
-Exactness (DESIGN.md): at-least-once delivery plus idempotent state. Messages are consumed from a
-`noack` stream and acknowledged only at a checkpoint, which in one synchronous step snapshots the
-dirty worker records (each carrying the source offset it has consumed) and the InfluxDB points that
-cover them, then writes the points, then the records to the table's changelog (state must never
-say "consumed" before the points of what it consumed are stored), awaits every delivery, and only
-then acks. A committed offset therefore never runs ahead of persisted state; a
-replay after `kill -9` skips frames at or before each record's offset; points overwrite by key.
-State reaches the table once per worker per checkpoint, not per frame: the table write is the
-costliest thing faust does per event (about 150 µs, DESIGN.md).
+What happens to a frame lives elsewhere: `runtime.py` (validate, order, deduplicate, score),
+`checkpoint.py` (persist, then commit), `positions.py` (how far each partition is consumed),
+`broker_reads.py` (offsets faust skipped, read straight from the broker). docs/processor.md tells
+the whole protocol and why it is exact.
+
+The one rule this module keeps: faust never acknowledges or commits a posture frame. The source
+topic is declared with `acks=False`, so faust keeps no ack bookkeeping for it (neither its stream
+iterator nor its consumer records acks or gaps for such a topic) and has nothing to commit there;
+the checkpoint commits the topic's offsets itself, after everything below them is persisted.
+State reaches the table once per worker per checkpoint, not per frame: a table write is the
+costliest thing faust does per event (about 150 µs measured, docs/processor.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
 import structlog
 from faust.serializers import codecs
-from faust.transport import consumer as faust_consumer
+from faust.types import TP
 
 from strainwatch.config import Settings
 from strainwatch.events import RosterEntry
 from strainwatch.exposure import ExposureEngine, load_thresholds
 from strainwatch.logs import RateLimitedLog
+from strainwatch.processor.broker_reads import RangeAbandoned, read_range, start_positions
+from strainwatch.processor.checkpoint import Checkpointer
+from strainwatch.processor.positions import PartitionPositions
 from strainwatch.processor.record import WorkerRecord
 from strainwatch.processor.runtime import Runtime, RuntimeConfig
 from strainwatch.processor.sink import InfluxSink, SinkStopped
@@ -38,6 +42,9 @@ log = structlog.get_logger("strainwatch.processor")
 STATE_TABLE = "worker-state"
 ROSTER_TABLE = "roster"
 RECORD_CODEC = "strainwatch-record"
+# A partition faust has delivered nothing from for this long is checked against the log end: faust
+# may have skipped its last events, and with no event after them the agent would never notice.
+QUIET_PARTITION_S = 5.0
 
 
 class _RecordCodec(codecs.Codec):
@@ -52,24 +59,6 @@ class _RecordCodec(codecs.Codec):
 
 codecs.register(RECORD_CODEC, _RecordCodec())
 
-# Only the checkpoint may acknowledge a posture frame. faust's stream acks, by itself and even on a
-# `noack` stream, every event it *skips* (flow control inactive or a consumer generation changed,
-# as at start-up); such a frame never reached the agent, and once its offset was committed a
-# restart could not replay it: the kill test lost exactly one frame this way (committed offset 1
-# on a partition whose offset 0 the agent never saw). With the guard a skipped frame stays
-# unacknowledged, so the committed offset cannot pass it.
-_CHECKPOINT_ACKING: dict[str, bool] = {"active": False}
-_faust_ack = faust_consumer.Consumer.ack
-
-
-def _guarded_ack(self: Any, message: Any) -> bool:
-    if message.topic == POSTURE_EVENTS.name and not _CHECKPOINT_ACKING["active"]:
-        return False
-    return bool(_faust_ack(self, message))
-
-
-faust_consumer.Consumer.ack = _guarded_ack  # type: ignore[method-assign]
-
 
 class _RecordType:
     """The table's value type: faust takes a type's serializer from `_options.serializer` (so the
@@ -83,15 +72,8 @@ class _RecordType:
         return data  # the codec already produced the WorkerRecord
 
 
-@dataclass
-class ProcessorStats:
-    checkpoints: int = 0
-    acked: int = 0
-    last_checkpoint_s: float = 0.0
-
-
 class Processor:
-    """One processor instance: the faust app, its runtime, sink and checkpoint loop."""
+    """One processor instance: the faust app, its runtime, positions, sink and checkpoints."""
 
     def __init__(self, settings: Settings, thresholds: str | None = None) -> None:
         self.settings = settings
@@ -109,14 +91,13 @@ class Processor:
             topic_partitions=settings.posture_partitions,
             topic_disable_leader=True,
             web_enabled=False,
-            # faust's worker may open its web port anyway (DESIGN.md): keep it on loopback
+            # faust's worker opens its web port even with web_enabled=False: keep it on loopback
             web_bind="127.0.0.1",
             web_host="127.0.0.1",
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=settings.broker_session_timeout_s,
             broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 4),
-            broker_commit_interval=1.0,
-            # we ack at checkpoints ourselves; faust must not wait for acks at shutdown
+            broker_commit_interval=1.0,  # the roster's offsets; posture offsets are ours
             stream_wait_empty=False,
             stream_buffer_maxsize=8_192,
             broker_max_poll_records=2_000,
@@ -126,18 +107,27 @@ class Processor:
             # faust's data dir defaults to ./{app id}-data in the working directory
             datadir=str(datadir),
         )
-        self.source = self.app.topic(POSTURE_EVENTS.name, key_serializer="raw", value_serializer="raw")
-        self.dlq = self.app.topic(POSTURE_DEADLETTER.name, key_serializer="raw", value_serializer="raw")
-        self.windows = self.app.topic(EXPOSURE_WINDOWS.name, key_serializer="raw", value_serializer="raw")
-        self.alerts = self.app.topic(ALERTS_BREAK.name, key_serializer="raw", value_serializer="raw")
+        # acks=False: faust records no acks and no gaps for posture frames, so it never commits
+        # their offsets; the checkpoint does (module docstring)
+        self.source = self.app.topic(
+            POSTURE_EVENTS.name, key_serializer="raw", value_serializer="raw", acks=False
+        )
+        outputs = {
+            "dead_letter": POSTURE_DEADLETTER.name,
+            "window": EXPOSURE_WINDOWS.name,
+            "alert": ALERTS_BREAK.name,
+        }
+        self._outputs = {
+            role: self.app.topic(name, key_serializer="raw", value_serializer="raw")
+            for role, name in outputs.items()
+        }
         self.table = self.app.Table(
             STATE_TABLE,
             partitions=settings.posture_partitions,
             key_type=bytes,  # raw keys: the worker id's bytes, as on the source topic
             value_type=_RecordType,
-            # records are written at checkpoints, outside stream iteration: the partitioner places
-            # each under its key, which is the source key (worker_id), so table and source stay
-            # co-partitioned (both murmur2 over the same bytes and partition count)
+            # records are written at checkpoints, outside stream iteration, each on its source
+            # partition, so table and source stay co-partitioned
             use_partitioner=True,
         )
         self.roster_topic = self.app.topic(ROSTER.name, key_serializer="raw", value_serializer="raw")
@@ -147,6 +137,7 @@ class Processor:
             ROSTER_TABLE, partitions=settings.posture_partitions, key_type=bytes, value_type=bytes
         )
         self._roster_errors = RateLimitedLog(log, interval_s=30.0)
+        self._hole_log = RateLimitedLog(log, interval_s=10.0)
         self.runtime = Runtime(
             self.engine,
             RuntimeConfig(
@@ -165,76 +156,27 @@ class Processor:
             settings.influx_org,
             settings.influx_bucket,
         )
-        self.pending: list[Any] = []  # messages awaiting the next checkpoint's ack
-        self._last_seen: dict[int, int] = {}  # partition -> last offset the agent took
-        self._gaps_to_release: list[tuple[Any, int, int]] = []  # recovered holes awaiting a checkpoint
-        self._in_flight: list[Any] = []  # delivery futures of outputs sent since the last checkpoint
-        self.stats = ProcessorStats()
-        self._lock = asyncio.Lock()
+        self.positions = PartitionPositions()
+        self.checkpointer = Checkpointer(
+            self.runtime,
+            self.positions,
+            self.sink,
+            write_records=self._write_records,
+            send_output=self._send_output,
+            commit=self._commit,
+        )
+        self._assigned: set[int] = set()
+        self._assigned_at = time.monotonic()
+        self._generation = 0  # bumped at every assignment and revocation
+        self._partition_locks: dict[int, asyncio.Lock] = {}
+        self._frames_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+        self._last_sweep = time.monotonic()
+        self.hole_frames = 0  # frames faust skipped that were read from the broker instead
         self._stopping = False
         self._wire()
 
-    async def _start_positions(self, partitions: list[int]) -> dict[int, int]:
-        """The group's committed offset per partition (the log start where none), from the broker:
-        faust's own cache of it was stale right after assignment."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        if not partitions:
-            return {}
-        # same group id, never subscribed: only an offset fetch, it does not join the group
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=self.settings.processor_group,
-            enable_auto_commit=False,
-        )
-        try:
-            await reader.start()
-            tps = [TopicPartition(POSTURE_EVENTS.name, p) for p in partitions]
-            starts = await reader.beginning_offsets(tps)
-            positions = {}
-            for tp in tps:
-                committed = await reader.committed(tp)
-                positions[tp.partition] = int(committed) if committed is not None else int(starts[tp])
-            return positions
-        except Exception as error:  # the check is a safety net: without it, start as before
-            log.warning(
-                "committed offsets unavailable; hole check starts at the first event", error=repr(error)
-            )
-            return {}
-        finally:
-            await reader.stop()
-
-    async def _recover_hole(self, tp: Any, first: int, end: int) -> None:
-        """Feed offsets [first, end) of a partition to the runtime from a group-less consumer.
-
-        They were never delivered by faust, so there is no faust message to ack; once a checkpoint
-        has persisted them, `_gaps_to_release` tells faust's consumer their offsets are done (its
-        gap list is what faust itself uses for offsets it never saw), so commits move on."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        log.warning(
-            "offset hole: frames skipped by faust, reading them", partition=tp.partition, first=first, end=end
-        )
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
-        )
-        await reader.start()
-        try:
-            part = TopicPartition(tp.topic, tp.partition)
-            reader.assign([part])
-            reader.seek(part, first)
-            offset = first
-            while offset < end:
-                batches = await reader.getmany(part, timeout_ms=1_000, max_records=end - offset)
-                for record in batches.get(part, []):
-                    if record.offset >= end:
-                        break
-                    self.runtime.on_message(record.key, record.value, tp.partition, record.offset)
-                    offset = record.offset + 1
-        finally:
-            await reader.stop()
-        self._gaps_to_release.append((tp, first, end))
+    # --- table and outputs (the checkpoint's I/O) ------------------------------------------------
 
     def _load(self, worker: str) -> WorkerRecord | None:
         value = self.table.get(worker.encode())
@@ -244,29 +186,152 @@ class Processor:
         team = self.roster.get(worker.encode())
         return team.decode() if isinstance(team, bytes) else None
 
+    async def _write_records(self, payloads: list[tuple[str, WorkerRecord, bytes]]) -> list[Any]:
+        # Straight to the changelog topic, on the record's source partition, with a delivery
+        # future each: the table's own `__setitem__` buffers in faust's producer, whose flush()
+        # gives up after 0.1 s, so a checkpoint could not know its records were stored.
+        changelog = self.table.changelog_topic
+        data = self.table.data
+        deliveries = []
+        for worker, record, value in payloads:
+            key = worker.encode()
+            data[key] = record
+            deliveries.append(await changelog.send(key=key, value=value, partition=record.partition))
+        return deliveries
+
+    async def _send_output(self, role: str, key: bytes | None, value: bytes) -> Any:
+        return await self._outputs[role].send(key=key, value=value)
+
+    async def _commit(self, positions: dict[int, int]) -> bool:
+        offsets = {TP(POSTURE_EVENTS.name, p): o for p, o in positions.items() if p in self._assigned}
+        if not offsets:
+            return False
+        # the consumer that is the group member commits, so a commit after a rebalance is refused
+        return bool(await self.app.consumer._commit(offsets))
+
+    async def checkpoint(self, reason: str, *, final: bool = False) -> bool:
+        self._frames_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        return await self.checkpointer.run(reason, final=final)
+
+    # --- positions --------------------------------------------------------------------------------
+
+    def _lock(self, partition: int) -> asyncio.Lock:
+        lock = self._partition_locks.get(partition)
+        if lock is None:
+            lock = self._partition_locks[partition] = asyncio.Lock()
+        return lock
+
+    async def _ensure_started(self, partitions: list[int]) -> None:
+        """Give each assigned partition its start position: the group's committed offset."""
+        backoff = 0.2
+        while True:
+            generation = self._generation
+            todo = [p for p in partitions if p in self._assigned and not self.positions.owns(p)]
+            if not todo:
+                return
+            try:
+                starts = await start_positions(
+                    self.settings.kafka_bootstrap, self.settings.processor_group, POSTURE_EVENTS.name, todo
+                )
+            except Exception as error:
+                self._hole_log.warning("start", "committed offsets unavailable, retrying", error=repr(error))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if generation != self._generation:
+                continue  # a rebalance happened meanwhile: start over with the new assignment
+            now = time.monotonic()
+            for partition, start in starts.items():
+                if partition in self._assigned and not self.positions.owns(partition):
+                    self.positions.start(partition, start, now)
+            log.info("partitions started", positions={p: starts[p] for p in sorted(starts)})
+            return
+
+    async def _read_hole(self, partition: int, first: int, end: int, why: str) -> None:
+        """Apply offsets [first, end) of a partition from the broker; faust did not deliver them."""
+        self._hole_log.warning(
+            f"hole-{why}", "offsets faust did not deliver: reading them from the broker",
+            partition=partition, first=first, end=end, why=why,
+        )  # fmt: skip
+        generation = self._generation
+        runtime, positions = self.runtime, self.positions
+        try:
+            async for record in read_range(
+                self.settings.kafka_bootstrap,
+                POSTURE_EVENTS.name,
+                partition,
+                first,
+                end,
+                still_owned=lambda: self._generation == generation,
+            ):
+                runtime.on_message(record.key, record.value, partition, record.offset)
+                positions.advance(partition, record.offset + 1)
+                self.hole_frames += 1
+                self._frames_since_checkpoint += 1
+                if runtime.out:
+                    await self.checkpointer.publish()
+        except RangeAbandoned:
+            return
+        positions.advance(partition, end)  # offsets absent from the log (markers, compaction)
+
+    async def _sweep_quiet_partitions(self) -> None:
+        """Catch up partitions faust has gone quiet on while the log has more (see QUIET_PARTITION_S)."""
+        now = time.monotonic()
+        if now - self._last_sweep < QUIET_PARTITION_S or now - self._assigned_at < QUIET_PARTITION_S:
+            return
+        self._last_sweep = now
+        await self._ensure_started(sorted(self._assigned))
+        quiet = [p for p in self.positions.quiet(now, QUIET_PARTITION_S) if p in self._assigned]
+        if not quiet:
+            return
+        generation = self._generation
+        ends = await self.app.consumer.highwaters(*(TP(POSTURE_EVENTS.name, p) for p in quiet))
+        for tp, end in ends.items():
+            partition = tp.partition
+            if generation != self._generation or end is None:
+                return
+            async with self._lock(partition):
+                if self.positions.owns(partition) and self.positions.position(partition) < end:
+                    await self._read_hole(partition, self.positions.position(partition), int(end), "quiet")
+
+    # --- faust --------------------------------------------------------------------------------------
+
     def _wire(self) -> None:
         app = self.app
         interval = self.settings.checkpoint_interval_s
+        max_pending = self.settings.max_pending_frames
 
         @app.agent(self.source, name="score-posture")
         async def score(stream: faust.StreamT) -> None:
-            runtime = self.runtime
-            last_seen = self._last_seen
-            async for event in stream.noack().events():
+            runtime, positions = self.runtime, self.positions
+            monotonic = time.monotonic
+            async for event in stream.events():
                 message = event.message
-                previous = last_seen.get(message.partition)
-                if previous is not None and message.offset > previous + 1:
-                    # faust skipped events (it drops events that arrive while flow control is off,
-                    # as when table recovery ends): read them straight from the broker, in order,
-                    # before this one (seeking faust's own consumer back stalled the partition)
-                    await self._recover_hole(message.tp, previous + 1, message.offset)
-                last_seen[message.partition] = message.offset
-                runtime.on_message(message.key, message.value, message.partition, message.offset)
-                self.pending.append(message)
+                partition, offset = message.partition, message.offset
+                if not positions.owns(partition):
+                    await self._ensure_started([partition])
+                    if not positions.owns(partition):
+                        continue  # revoked meanwhile: the new owner consumes it
+                positions.delivered(partition, monotonic())
+                lock = self._partition_locks.get(partition)
+                if offset != positions.position(partition) or (lock is not None and lock.locked()):
+                    async with self._lock(partition):
+                        if not positions.owns(partition):
+                            continue
+                        hole = positions.hole_before(partition, offset)
+                        if hole is not None:
+                            await self._read_hole(partition, *hole, why="skipped")
+                        if not positions.owns(partition) or positions.is_redelivery(partition, offset):
+                            continue
+                runtime.on_message(message.key, message.value, partition, offset)
+                positions.advance(partition, offset + 1)
+                self._frames_since_checkpoint += 1
                 if runtime.out:
-                    await self._publish()
-                if len(self.pending) >= self.settings.max_pending_frames or (
-                    time.monotonic() - self._last_checkpoint >= interval
+                    await self.checkpointer.publish()
+                if (
+                    self._frames_since_checkpoint >= max_pending
+                    or monotonic() - self._last_checkpoint >= interval
                 ):
                     await self.checkpoint("due")
 
@@ -284,97 +349,34 @@ class Processor:
                 self.runtime.set_team(entry.worker_id, entry.team)
 
         @app.timer(interval=min(1.0, interval))
-        async def idle_checkpoint() -> None:
-            if (self.pending or self.runtime.dirty) and time.monotonic() - self._last_checkpoint >= interval:
+        async def tick() -> None:
+            if self._stopping:
+                return
+            if time.monotonic() - self._last_checkpoint >= interval and (
+                self.runtime.dirty or self.positions.uncommitted() or self.runtime.out
+            ):
                 await self.checkpoint("timer")
+            await self._sweep_quiet_partitions()
 
         @app.on_partitions_assigned.connect
         async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
-            mine = sorted(tp.partition for tp in assigned if tp.topic == POSTURE_EVENTS.name)
-            self._last_seen.clear()  # faust resumes each partition at its committed offset
-            # ...which is where the hole check starts: faust can skip the very first events too
-            for partition, position in (await self._start_positions(mine)).items():
-                self._last_seen[partition] = position - 1
-            log.info("partitions assigned", partitions=mine)
+            mine = {tp.partition for tp in assigned if tp.topic == POSTURE_EVENTS.name}
+            self._generation += 1
+            self.positions.forget()  # each partition starts again at the group's committed offset
+            self.runtime.drop_partitions(self._assigned - mine)
+            self._assigned = mine
+            self._assigned_at = time.monotonic()
+            log.info("partitions assigned", partitions=sorted(mine))
+            await self._ensure_started(sorted(mine))
 
         @app.on_partitions_revoked.connect
         async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
+            mine = {tp.partition for tp in revoked if tp.topic == POSTURE_EVENTS.name}
+            self._generation += 1  # a range being read for a revoked partition stops
             await self.checkpoint("revoked")
-            self.runtime.drop_partitions({tp.partition for tp in revoked if tp.topic == POSTURE_EVENTS.name})
-
-    async def _publish(self) -> None:
-        """Send outputs now (alerts must not wait for a checkpoint); their deliveries are awaited
-        before the checkpoint acks the frames that produced them."""
-        out = self.runtime.take_outputs()
-        pending = self._in_flight
-        for key, value in out.dead_letters:
-            pending.append(await self.dlq.send(key=key, value=value))
-        for key, value in out.windows:
-            pending.append(await self.windows.send(key=key, value=value))
-        for key, value in out.alerts:
-            pending.append(await self.alerts.send(key=key, value=value))
-
-    async def _outputs_delivered(self) -> None:
-        pending, self._in_flight = self._in_flight, []
-        if pending:
-            await asyncio.gather(*pending)
-
-    async def checkpoint(self, reason: str, *, final: bool = False) -> None:
-        """Persist state, points and outputs, then acknowledge the messages they cover."""
-        async with self._lock:
-            messages, self.pending = self.pending, []
-            gaps, self._gaps_to_release = self._gaps_to_release, []
-            dirty, lines = self.runtime.snapshot()  # one synchronous step: states match `messages`
-            # Order matters, and a kill can land between any two steps:
-            # 1. serialise every record before the first await: a timer checkpoint runs beside the
-            #    agent, which goes on scoring meanwhile; a record serialised later would hold frames
-            #    (and closed windows) whose points are not in `lines`;
-            # 2. points first, state second: state on the changelog says "frames up to offset X are
-            #    in me", and replay skips them; if it landed before the points of the windows those
-            #    frames closed, a kill in between lost those points for good (the kill test caught
-            #    both). Points written without the state are simply rewritten by the replay.
-            # 3. The table's own `__setitem__` queues records in faust's producer buffer, whose
-            #    flush() gives up after 0.1 s; under load acks ran ahead of the changelog and once
-            #    the buffer stalled. So records go straight to the changelog topic, on the source
-            #    partition, and their delivery futures are awaited before the ack.
-            payloads = [
-                (worker.encode(), record.to_bytes(), record.partition) for worker, record in dirty.items()
-            ]
-            for worker, record in dirty.items():
-                self.table.data[worker.encode()] = record
-            await self._publish()
-            self.sink.add(lines)
-            try:
-                await self.sink.flush(give_up_when_stopping=final)
-                changelog = self.table.changelog_topic
-                deliveries = [
-                    await changelog.send(key=key, value=value, partition=partition)
-                    for key, value, partition in payloads
-                ]
-                await self._outputs_delivered()
-                if deliveries:
-                    await asyncio.gather(*deliveries)
-            except (SinkStopped, asyncio.CancelledError):
-                log.warning("checkpoint abandoned; its frames will be replayed", frames=len(messages))
-                raise
-            consumer = self.app.consumer
-            _CHECKPOINT_ACKING["active"] = True
-            try:
-                for message in messages:  # synchronous: no faust ack can interleave
-                    message.ack(consumer)
-                for tp, first, end in gaps:  # recovered holes: persisted now, so done for faust
-                    consumer._gap[tp].addi(first, end)
-            finally:
-                _CHECKPOINT_ACKING["active"] = False
-            self.stats.checkpoints += 1
-            self.stats.acked += len(messages)
-            self._last_checkpoint = time.monotonic()
-            self.stats.last_checkpoint_s = time.time()
-            if final:
-                await consumer.commit()
-            log.debug(
-                "checkpoint", reason=reason, frames=len(messages), workers=len(dirty), points=len(lines)
-            )
+            self.positions.forget(mine)
+            self._assigned -= mine
+            self.runtime.drop_partitions(mine)
 
     async def shutdown(self) -> None:
         """SIGTERM: stop taking frames, persist everything, commit, then let faust stop."""
@@ -383,8 +385,11 @@ class Processor:
         self._stopping = True
         self.sink.request_stop()
         try:
-            await asyncio.wait_for(self.checkpoint("shutdown", final=True), timeout=20.0)
-            log.info("processor stopped cleanly", **self.runtime.counters.as_dict())
+            done = await asyncio.wait_for(self.checkpoint("shutdown", final=True), timeout=20.0)
+            if done:
+                log.info("processor stopped cleanly", **self.runtime.counters.as_dict())
+            else:
+                log.warning("final checkpoint incomplete; frames after the last commit replay on restart")
         except (TimeoutError, SinkStopped, asyncio.CancelledError) as error:
             log.warning("final checkpoint incomplete; unacked frames replay on restart", error=repr(error))
         finally:

@@ -1,0 +1,91 @@
+"""Reads from the broker outside faust: the group's committed offsets, and ranges of a partition.
+
+Both use short-lived aiokafka consumers of their own, so nothing here depends on faust's consumer:
+- the committed offsets come from an offset fetch with the group's id but without joining it;
+- a range of offsets faust skipped is read with a group-less consumer, assigned the one partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+log = structlog.get_logger("strainwatch.processor")
+
+
+class RangeAbandoned(RuntimeError):
+    """The partition was revoked while its range was being read; the new owner reads it."""
+
+
+async def start_positions(bootstrap: str, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
+    """Where each partition resumes: the group's committed offset, or the log start where none."""
+    if not partitions:
+        return {}
+    # the group's id, never subscribed: an offset fetch only, it does not join the group
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        starts = await reader.beginning_offsets(tps)
+        positions = {}
+        for tp in tps:
+            committed = await reader.committed(tp)
+            log_start = int(starts[tp])
+            if committed is not None and committed < log_start:
+                # retention deleted frames this group never processed: they are gone for good
+                log.error(
+                    "committed offset behind the log start: frames lost to retention",
+                    partition=tp.partition,
+                    committed=committed,
+                    log_start=log_start,
+                )
+            positions[tp.partition] = max(int(committed), log_start) if committed is not None else log_start
+        return positions
+    finally:
+        await reader.stop()
+
+
+async def read_range(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    first: int,
+    end: int,
+    still_owned: Callable[[], bool],
+) -> AsyncIterator[Any]:
+    """Yield the records of offsets [first, end) of one partition, in order.
+
+    Ends when the consumer's position reaches `end`, not when `end - first` records have come:
+    offsets can be absent (compaction, retention, transaction markers), and counting records would
+    then wait forever. Raises RangeAbandoned if the partition is revoked meanwhile.
+    """
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        # an offset already deleted by retention resumes at the log start, never at the end
+        auto_offset_reset="earliest",
+    )
+    await reader.start()
+    try:
+        part = TopicPartition(topic, partition)
+        reader.assign([part])
+        reader.seek(part, first)
+        while True:
+            if not still_owned():
+                raise RangeAbandoned(f"partition {partition} revoked while reading [{first}, {end})")
+            batches = await reader.getmany(
+                part, timeout_ms=1_000, max_records=max(1, min(end - first, 2_000))
+            )
+            for record in batches.get(part, []):
+                if record.offset >= end:
+                    return
+                if record.offset >= first:
+                    yield record
+            if await reader.position(part) >= end:
+                return
+    finally:
+        await reader.stop()

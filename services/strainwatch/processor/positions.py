@@ -1,0 +1,89 @@
+"""Per source partition: how far the processor has consumed, which is where a restart resumes.
+
+The processor commits the posture topic's group offsets itself, and only at a checkpoint, after
+everything below them is persisted (docs/processor.md). faust is told not to track acks for that
+topic (`acks=False`), so it has nothing of its own to commit there: the committed offset is
+strainwatch's persisted position, whatever faust skips, re-acks or misorders.
+
+A partition's position is the next offset to hand to the runtime: every offset below it has been
+applied (or skipped as a replay, or dead-lettered). It starts at the group's committed offset (the
+log start where none) and advances only contiguously. faust can skip events (at start-up, when
+flow control is off, after a generation change); an event past the position reveals a *hole*,
+which the processor reads straight from the broker before it applies the event. Events below the
+position are redeliveries and are ignored.
+
+Pure bookkeeping: no faust, no Kafka, no clock but the one passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _Partition:
+    position: int  # the next offset to hand to the runtime
+    committed: int  # the position last committed to the group
+    last_delivery_s: float  # when faust last delivered an event at or past the position
+
+
+class PartitionPositions:
+    def __init__(self) -> None:
+        self._partitions: dict[int, _Partition] = {}
+
+    # --- ownership ------------------------------------------------------------------------------
+
+    def start(self, partition: int, position: int, now_s: float) -> None:
+        """Own a partition from `position` (its committed offset, or the log start)."""
+        self._partitions[partition] = _Partition(position, position, now_s)
+
+    def owns(self, partition: int) -> bool:
+        return partition in self._partitions
+
+    def owned(self) -> list[int]:
+        return sorted(self._partitions)
+
+    def forget(self, partitions: set[int] | None = None) -> None:
+        """Revoked (or every partition, at a rebalance): a later assignment starts afresh."""
+        if partitions is None:
+            self._partitions.clear()
+        for partition in partitions or ():
+            self._partitions.pop(partition, None)
+
+    # --- consuming ------------------------------------------------------------------------------
+
+    def position(self, partition: int) -> int:
+        return self._partitions[partition].position
+
+    def hole_before(self, partition: int, offset: int) -> tuple[int, int] | None:
+        """Offsets [first, end) that must be read before `offset`, or None if it follows on."""
+        position = self._partitions[partition].position
+        return (position, offset) if offset > position else None
+
+    def is_redelivery(self, partition: int, offset: int) -> bool:
+        return offset < self._partitions[partition].position
+
+    def delivered(self, partition: int, now_s: float) -> None:
+        self._partitions[partition].last_delivery_s = now_s
+
+    def advance(self, partition: int, next_offset: int) -> None:
+        """Offsets below `next_offset` have been handed to the runtime."""
+        state = self._partitions[partition]
+        if next_offset > state.position:
+            state.position = next_offset
+
+    def quiet(self, now_s: float, after_s: float) -> list[int]:
+        """Partitions faust has delivered nothing from for `after_s`: maybe idle, maybe skipped."""
+        return [p for p, s in self._partitions.items() if now_s - s.last_delivery_s >= after_s]
+
+    # --- committing -----------------------------------------------------------------------------
+
+    def uncommitted(self) -> dict[int, int]:
+        """Positions that moved since their last commit (taken in the checkpoint's snapshot)."""
+        return {p: s.position for p, s in self._partitions.items() if s.position > s.committed}
+
+    def committed(self, positions: dict[int, int]) -> None:
+        for partition, position in positions.items():
+            state = self._partitions.get(partition)
+            if state is not None and position > state.committed:
+                state.committed = position
