@@ -10,9 +10,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
+# exactly the tested dependency versions (the processor relies on faust internals), in their own
+# layer so that a code change does not reinstall them; then the package alone, without resolving
+COPY requirements.lock ./
+RUN pip install -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY services ./services
-RUN pip install . \
+RUN pip install --no-deps . \
     && rm -rf /src/build /src/services/*.egg-info
 
 # an unprivileged user; faust keeps its data directory in the working directory

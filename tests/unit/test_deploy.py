@@ -301,7 +301,12 @@ def console_scripts() -> dict[str, str]:
 def test_dockerfile_installs_the_package_and_runs_its_console_script() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
-    assert re.search(r"^RUN pip install \.", text, re.M)
+    # the tested versions from the lock, then the package without resolving its ranges again
+    lock = re.search(r"^RUN pip install -r requirements\.lock$", text, re.M)
+    package = re.search(r"^RUN pip install --no-deps \.", text, re.M)
+    assert lock and package and lock.start() < package.start()
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert "!requirements.lock" in ignored, "the lock file must reach the build context"
     (cmd,) = re.findall(r"^(?:CMD|ENTRYPOINT) (\[.*\])$", text, re.M)
     executable = json.loads(cmd)[0]
     assert executable in console_scripts(), f"{executable} is not a [project.scripts] entry"
