@@ -137,8 +137,8 @@ def start_kafka(state_dir: Path, port: int, controller_port: int) -> Proc:
                 "kafka.tools.StorageTool",
                 "format",
                 "--standalone",
-                "-t",
-                _cluster_id(),
+                # `=`: a base64 id can start with "-", which argparse would take for an option
+                f"--cluster-id={_cluster_id()}",
                 "-c",
                 str(props),
             ],
