@@ -32,13 +32,18 @@ NEVER = -math.inf
 
 # global slots
 G_END, G_WIN, G_FRAMES, G_WEAR, G_VIOL, G_LAST_BREAK, G_BREAK_SHIFT, G_BREAK_COUNT, G_DT = range(9)
-NG = 9
+G_CLOCK_T0, G_CLOCK_N = 9, 10  # the sample clock: sample k since the anchor is at t0 + k * dt
+NG = 11
 # per-segment slots, at NG + index * NS
 DOSE, ACTIVE, H_START, H_SUM, H_N, H_LAST_IN, LAST_NUDGE, LAST_ENTRY, FREQUENT, LAST_OUT = range(10)
 W_SAMPLES, W_ACC, W_COND, W_NA, W_CUT0, W_CUT1, W_CUT2, W_LONGEST = range(10, 18)
 NS = 18
 MAX_CUTPOINTS = 3
-_STATE_VERSION = 2
+_STATE_VERSION = 3
+_NG_V2 = 9  # version 2 had no sample clock
+# Dose comparisons carry this much slack (dose points; outputs are rounded to 1e-6): 600 s at 1/s and
+# 100 Hz is 60,000 float steps of 0.01 = 599.9999999996, and must reach the 600 threshold.
+DOSE_SLACK = 1e-6
 
 
 def _r(value: float) -> float:
@@ -114,6 +119,7 @@ class WorkerState:
         slots[G_WIN] = NEVER
         slots[G_LAST_BREAK] = NEVER
         slots[G_BREAK_SHIFT] = NEVER
+        slots[G_CLOCK_T0] = NEVER
         for index in range(CORE_SEGMENTS):
             _init_block(slots, index)
         return cls(slots)
@@ -144,10 +150,13 @@ class WorkerState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> WorkerState:
-        if not data or data[0] != _STATE_VERSION:
+        if not data or data[0] not in (2, _STATE_VERSION):
             raise ValueError("unknown exposure state version")
         slots = array("d")
         slots.frombytes(data[1:])
+        if data[0] == 2 and len(slots) >= _NG_V2:
+            # version 2: no sample clock; the next frame anchors a new one at its end
+            slots[_NG_V2:_NG_V2] = array("d", (slots[G_END], 0.0))
         blocks, rest = divmod(len(slots) - NG, NS)
         if rest or not CORE_SEGMENTS <= blocks <= len(SEGMENT_ORDER):
             raise ValueError("exposure state has the wrong size")
@@ -253,6 +262,7 @@ class ExposureEngine:
         self._by_index = [self._segments[name] for name in SEGMENT_ORDER]
         rates = thresholds.dose_rate
         self._rates = (rates["acceptable"], rates["conditional"], rates["not_acceptable"])
+        self._max_rate = max(self._rates) * thresholds.over_limit_multiplier
         self._decay_cache: dict[float, float] = {}
 
     def new_state(self) -> WorkerState:
@@ -293,12 +303,20 @@ class ExposureEngine:
             raise ValueError(
                 f"frame at {start_s} starts before the state's end {end}: frames must be in order"
             )
+        # The sample clock: a frame that continues the previous one (its start within a millisecond,
+        # the precision of device timestamps, of the state's end, same rate) keeps counting samples
+        # from the same anchor, so every sample's time is t0 + k * dt whatever the framing. A frame
+        # start at 30 Hz is up to 0.5 ms off the sample grid, far more than the time-threshold slack.
+        if end != NEVER and dt == s[G_DT] and abs(start_s - end) <= min(1e-3, 0.25 * dt):
+            t0, k0 = s[G_CLOCK_T0], s[G_CLOCK_N]
+        else:
+            t0, k0 = start_s, 0.0
         out = FrameOutcome()
         window_s = self.window_s
         # Epoch seconds (~1.7e9) carry ~2e-7 s of float error: sample times within a thousandth of a
         # sample of a window boundary are on it (timestamps have millisecond precision anyway).
         snap = 1e-3 * dt
-        first_window = math.floor((start_s + snap) / window_s) * window_s
+        first_window = math.floor((t0 + k0 * dt + snap) / window_s) * window_s
         if s[G_WIN] != NEVER and first_window != s[G_WIN]:
             out.closed.append(self._close_window(state))
         if end != NEVER and start_s - end > 0.5 * dt:
@@ -311,30 +329,33 @@ class ExposureEngine:
         # samples split at window boundaries: each chunk belongs to one window
         i0 = 0
         while i0 < n:
-            t0 = start_s + i0 * dt
-            window = math.floor((t0 + snap) / window_s) * window_s
+            window = math.floor((t0 + (k0 + i0) * dt + snap) / window_s) * window_s
             if window != s[G_WIN]:
                 out.closed.append(self._close_window(state))
                 s[G_WIN] = window
             boundary = window + window_s
-            i1 = min(n, max(i0 + 1, math.ceil((boundary - start_s - snap) / dt)))
-            self._chunk(state, present, start_s, dt, i0, i1, rest, th, out)
+            i1 = min(n, max(i0 + 1, math.ceil((boundary - t0 - snap) / dt - k0)))
+            self._chunk(state, present, t0, dt, int(k0) + i0, i0, i1, rest, th, out)
             i0 = i1
-        s[G_END] = start_s + n * dt
+        s[G_CLOCK_T0] = t0
+        s[G_CLOCK_N] = k0 + n
+        s[G_END] = t0 + (k0 + n) * dt
         return out
 
     def _chunk(
         self,
         state: WorkerState,
         present: list[tuple[_Segment, Sequence[float]]],
-        start_s: float,
+        t0: float,
         dt: float,
+        clock_i: int,
         i0: int,
         i1: int,
         rest: bool,
         th: Thresholds,
         out: FrameOutcome,
     ) -> None:
+        """Samples i0..i1 of the frame: the clock's samples clock_i.., at t0 + (clock_i + j) * dt."""
         s = state.slots
         count = i1 - i0
         s[G_WEAR] += count * dt
@@ -392,7 +413,7 @@ class ExposureEngine:
             over_from = seg.min_limit_s + snap
             for j in range(count):
                 a = chunk[j]
-                t = start_s + (i0 + j) * dt
+                t = t0 + (clock_i + j) * dt
                 base_zone = seg_zones[j]
                 zone = base_zone
                 if base_zone:
@@ -455,39 +476,43 @@ class ExposureEngine:
             absent = _absent_dose(s, present)
             for j, name in sorted(hold_alerts):
                 upper_back = absent + sum(traj[j] for traj in trajectories)
-                out.alerts.append(Alert("posture_hold", start_s + (i0 + j) * dt, name, _r(upper_back)))
+                out.alerts.append(Alert("posture_hold", t0 + (clock_i + j) * dt, name, _r(upper_back)))
         if break_possible and not rest:
-            self._maybe_break(state, present, trajectories, start_s, dt, i0, out)
+            self._maybe_break(state, present, trajectories, t0, dt, clock_i, out)
 
     def _upper_back(self, s: array[float]) -> float:
         return sum(s[NG + i * NS + DOSE] for i in range((len(s) - NG) // NS))
 
     def _break_possible(self, s: array[float], n_present: int, seconds: float) -> bool:
-        """Whether upper-back dose could reach the break threshold within this chunk (else skip the check)."""
-        ceiling = (
-            self._upper_back(s) + n_present * self._rates[2] * self.thresholds.over_limit_multiplier * seconds
-        )
-        return ceiling >= self.thresholds.break_dose
+        """Whether upper-back dose could reach the break threshold within this chunk (else skip the check).
+
+        The bound is the dose at the chunk's start plus every present segment at the highest rate for
+        the whole chunk; summing the per-sample steps rounds differently from this product, so it
+        gets a margin on top of the threshold's own slack (a spare check is cheap, a missed one is not).
+        """
+        ceiling = self._upper_back(s) + n_present * self._max_rate * seconds
+        return ceiling + DOSE_SLACK >= self.thresholds.break_dose - DOSE_SLACK
 
     def _maybe_break(
         self,
         state: WorkerState,
         present: list[tuple[_Segment, Sequence[float]]],
         trajectories: list[list[float]],
-        start_s: float,
+        t0: float,
         dt: float,
-        i0: int,
+        clock_i: int,
         out: FrameOutcome,
     ) -> None:
         s = state.slots
         th = self.thresholds
         present_indexes = {seg.index for seg, _ in present}
         absent = _absent_dose(s, present)
+        break_at = th.break_dose - DOSE_SLACK
         for j, doses in enumerate(zip(*trajectories, strict=True)):
             upper_back = absent + sum(doses)
-            if upper_back < th.break_dose:
+            if upper_back < break_at:
                 continue
-            t = start_s + (i0 + j) * dt
+            t = t0 + (clock_i + j) * dt
             shift = math.floor(t / th.shift_s)
             if s[G_BREAK_SHIFT] != shift:
                 s[G_BREAK_SHIFT] = shift

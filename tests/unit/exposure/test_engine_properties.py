@@ -6,7 +6,7 @@ import math
 from dataclasses import fields
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from pytest import approx
 
@@ -18,7 +18,9 @@ from .helpers import Frame, Run, engine, run, split
 pytestmark = pytest.mark.unit
 
 PROPERTY = settings(max_examples=50, deadline=None)
-RATES = (1.0, 2.0, 4.0, 10.0, 25.0)
+# 3, 7 and 30 Hz: a sample period that is not a whole number of milliseconds, so frame starts (ms
+# timestamps) are off the sample grid by up to 0.5 ms
+RATES = (1.0, 2.0, 3.0, 4.0, 7.0, 10.0, 25.0, 30.0)
 EPOCH_MS = 1_700_000_000_000  # real frames carry epoch timestamps (ms)
 HALF_LIFE_S = engine().thresholds.recovery_half_life_s
 # representative angles across every zone (and cut-point) of every segment
@@ -277,3 +279,63 @@ def test_dose_halves_in_one_half_life_of_recovery(stream: Stream, mode: str, dat
     for seg in SEGMENT_ORDER:
         assert state.dose(seg) == approx(before[seg] * factor, rel=1e-9, abs=1e-9), seg
     assert not [a for a in outcome.alerts if a.kind == "conditioning_break"]
+
+
+# --- dose ties ---------------------------------------------------------------------------------
+
+# Two angles per zone more than the 5-deg hold tolerance apart: alternating between them (every 10 s
+# in a conditional zone, every 5 s in a not-acceptable one) ends each hold after the 3-s hysteresis,
+# before its holding limit, so the dose rate is exactly the zone's (1/s or 3/s), never doubled.
+TIE_ANGLES = {
+    "trunk_flexion": {"conditional": (25.0, 50.0), "not_acceptable": (65.0, 80.0)},
+    "neck_flexion": {"conditional": (27.0, 40.0), "not_acceptable": (50.0, 70.0)},
+    "arm_elevation_left": {"conditional": (25.0, 50.0), "not_acceptable": (70.0, 90.0)},
+    "arm_elevation_right": {"conditional": (25.0, 50.0), "not_acceptable": (70.0, 90.0)},
+}
+TIE_RATE = {"acceptable": 0, "conditional": 1, "not_acceptable": 3}
+EXACT_RATES = (1.0, 2.0, 4.0, 5.0, 8.0, 10.0, 20.0, 25.0, 50.0, 100.0)
+
+
+@st.composite
+def threshold_ties(draw: st.DrawFn) -> tuple[Stream, int, list[int]]:
+    """A stream whose upper-back dose reaches break_dose (600) exactly with one sample: some
+    upright seconds, then each drawn segment in a zone at a constant rate; the rates sum to R and
+    600 / R seconds is a whole number of samples. Returns the stream, that sample and frame cuts."""
+    rate = draw(st.sampled_from(EXACT_RATES))
+    zones = {seg: draw(st.sampled_from(("off", *TIE_RATE))) for seg in TIE_ANGLES}
+    total = sum(TIE_RATE[z] for z in zones.values() if z != "off")
+    assume(total > 0 and (600 * int(rate)) % total == 0)
+    tie_n = 600 * int(rate) // total
+    assume(tie_n <= 12_000)
+    prefix_n = draw(st.integers(0, 30 * int(rate)))
+    n = prefix_n + tie_n + draw(st.integers(0, 20 * int(rate)))
+    samples: dict[str, list[float]] = {}
+    for seg, zone in zones.items():
+        if zone == "off":
+            continue
+        values = [5.0] * prefix_n
+        for i in range(n - prefix_n):
+            if zone == "acceptable":
+                values.append(5.0 + 10.0 * ((i // int(rate)) % 2))
+            else:
+                low, high = TIE_ANGLES[seg][zone]
+                period = 10 if zone == "conditional" else 5
+                values.append(high if (i // (period * int(rate))) % 2 else low)
+        samples[seg] = values
+    start_ms = draw(st.sampled_from((0, EPOCH_MS))) + draw(st.integers(0, 86_400_000))
+    stream = Stream(rate, start_ms, samples)
+    return stream, prefix_n + tie_n - 1, sorted(set(draw(cut_lists(n))))
+
+
+@PROPERTY
+@given(threshold_ties())
+def test_a_dose_tie_breaks_with_its_sample_in_every_framing(case: tuple[Stream, int, list[int]]) -> None:
+    stream, tie, cuts = case
+    whole, _ = run(engine(), frames_of(stream, []))
+    framed, _ = run(engine(), frames_of(stream, cuts))
+    assert_same_outcome(whole, framed)
+    for result in (whole, framed):
+        assert result.kind("posture_hold") == []
+        [brk] = result.kind("conditioning_break")
+        assert round((brk.ts_s - stream.start_ms / 1000) * stream.rate_hz) == tie
+        assert brk.dose == approx(600.0, abs=1e-6)
