@@ -1,7 +1,9 @@
-"""The one definition of strainwatch's Kafka topics: names, keys, partitions, retention, compaction."""
+"""The one definition of strainwatch's Kafka topics: names, keys, partitions, retention, compaction,
+largest message."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from strainwatch.events import (
@@ -18,6 +20,38 @@ from strainwatch.events import (
 
 DAY_MS = 86_400_000
 
+# Kafka's default message.max.bytes: 1 MiB plus the 12 bytes of a record batch's log overhead.
+# Topics pin it explicitly so that a broker-wide change cannot silently break the dead-letter bound.
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+
+# Room in a dead letter for everything that is not the source record's key and value (see
+# dead_letter_max_message_bytes): `detail` is cut to 2,000 characters, each at most 6 bytes once
+# JSON-escaped (\u00XX) = 12,000; the other fields (schema_version, reason, source_topic <= 249
+# characters, partition, offset, received_at, key names) < 1,000; record batch header and record
+# varints < 100. Rounded up to 16 KiB.
+DEAD_LETTER_ENVELOPE_BYTES = 16_384
+
+# The processor's producer_max_request_size (processor/app.py): no topic limit above it helps, the
+# processor could not send such a message.
+PROCESSOR_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+
+def dead_letter_max_message_bytes(source_max_message_bytes: int) -> int:
+    """The smallest limit a dead-letter topic needs to accept the dead letter of any source message.
+
+    A source record batch of at most S bytes holds one record with key k and value v, k + v <= S.
+    Its dead letter (processor/runtime.py `_dead_letter`) keeps the raw key k as its own key and
+    carries base64(v) and base64(k) in its JSON value; base64 of n bytes is 4 * ceil(n / 3) bytes.
+    So key + value <= k + 4 * ceil(v / 3) + 4 * ceil(k / 3) + envelope
+                   <= k + 4 * S / 3 + 8 + envelope,
+    and k <= S: at most 7 * S / 3 + 8 + envelope. Kafka's 1 MiB default source gives 2,463,102
+    bytes, within the processor producer's 4 MiB max request size. (With a worker-id key of <= 64
+    bytes it is about 4 * S / 3; the bound keeps the key term because the broker accepts any key.)
+    The bound holds for uncompressed source batches, which is what the gateway produces: a
+    compressed batch of S bytes can hold a larger value.
+    """
+    return 7 * -(-source_max_message_bytes // 3) + 8 + DEAD_LETTER_ENVELOPE_BYTES
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -30,19 +64,29 @@ class TopicSpec:
     # Topics keyed by worker_id share the posture topic's partition count, so the processor's
     # per-worker table and the outputs stay co-partitioned.
     per_worker: bool = True
+    # the largest record batch the broker accepts on this topic (topic config max.message.bytes)
+    max_message_bytes: int = KAFKA_DEFAULT_MAX_MESSAGE_BYTES
 
     def config(self, retention_ms: int | None = None) -> dict[str, str]:
         cfg = {"cleanup.policy": "compact" if self.compacted else "delete"}
         effective = retention_ms if retention_ms is not None else self.retention_ms
         cfg["retention.ms"] = str(effective if effective is not None else -1)
+        cfg["max.message.bytes"] = str(self.max_message_bytes)
         return cfg
 
 
 POSTURE_EVENTS = TopicSpec(
     "posture.events.v1", PostureFrame, "worker_id", "posture frames from wearables", 7 * DAY_MS
 )
+# Any frame posture.events.v1 accepts, however invalid, must fit in its dead letter: a dead letter
+# the broker refuses fails again on every restart (a poison message).
 POSTURE_DEADLETTER = TopicSpec(
-    "posture.deadletter.v1", DeadLetter, "worker_id", "rejected frames: original bytes + reason", 30 * DAY_MS
+    "posture.deadletter.v1",
+    DeadLetter,
+    "worker_id",
+    "rejected frames: original bytes + reason",
+    30 * DAY_MS,
+    max_message_bytes=dead_letter_max_message_bytes(POSTURE_EVENTS.max_message_bytes),
 )
 EXPOSURE_WINDOWS = TopicSpec(
     "exposure.windows.v1", ExposureWindow, "worker_id", "per-worker exposure per window", 30 * DAY_MS
@@ -67,6 +111,27 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     INCIDENTS,
     ROSTER,
 )
+
+
+def required_max_message_bytes(current: Mapping[str, int]) -> dict[str, int]:
+    """The max.message.bytes every topic needs, given the limits topics already have (name -> bytes).
+
+    A topic keeps a limit raised beyond its spec (an operator's choice; lowering it could refuse
+    messages producers rely on); the dead-letter topic follows the source topic's effective limit.
+    """
+    required = {spec.name: max(spec.max_message_bytes, current.get(spec.name, 0)) for spec in ALL_TOPICS}
+    source = required[POSTURE_EVENTS.name]
+    required[POSTURE_DEADLETTER.name] = max(
+        required[POSTURE_DEADLETTER.name], dead_letter_max_message_bytes(source)
+    )
+    if required[POSTURE_DEADLETTER.name] > PROCESSOR_MAX_REQUEST_BYTES:
+        # a source limit above ~1.7 MiB: the largest frames' dead letters exceed what the processor sends
+        raise ValueError(
+            f"{POSTURE_EVENTS.name} accepts {source} bytes; its dead letters need up to "
+            f"{required[POSTURE_DEADLETTER.name]} bytes, more than the processor's "
+            f"{PROCESSOR_MAX_REQUEST_BYTES}-byte requests: lower the topic's max.message.bytes"
+        )
+    return required
 
 
 def partitions_for(spec: TopicSpec, posture_partitions: int) -> int:

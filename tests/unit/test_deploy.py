@@ -283,6 +283,29 @@ def test_kafka_does_not_auto_create_topics() -> None:
     assert "controller" in env["KAFKA_PROCESS_ROLES"] and "broker" in env["KAFKA_PROCESS_ROLES"]
 
 
+def test_topics_job_is_the_only_topic_creator_and_applies_strainwatch_topics() -> None:
+    """Every topic's settings, max.message.bytes included, come from strainwatch.topics.
+
+    The dead-letter topic must accept the dead letter of any frame the posture topic accepts; a
+    second definition (kafka-topics.sh, broker-wide message.max.bytes) could undo that.
+    """
+    import inspect
+
+    from strainwatch.stack import cli
+    from strainwatch.topics import ALL_TOPICS, POSTURE_DEADLETTER, dead_letter_max_message_bytes
+
+    compose = load_compose()
+    text = COMPOSE.read_text()
+    assert "kafka-topics" not in text and "--create" not in text, "topics are created by the topics job only"
+    kafka_env = environment(compose["services"]["kafka"])
+    assert not any("MESSAGE_MAX_BYTES" in name for name in kafka_env), "topics pin max.message.bytes"
+    assert compose["services"]["topics"]["command"][:3] == ["strainwatch", "stack", "topics"]
+    assert "ensure_topics(" in inspect.getsource(cli.topics)
+    by_name = {spec.name: spec for spec in ALL_TOPICS}
+    source = by_name["posture.events.v1"].config()["max.message.bytes"]
+    assert POSTURE_DEADLETTER.config()["max.message.bytes"] == str(dead_letter_max_message_bytes(int(source)))
+
+
 def test_mosquitto_healthcheck_probes_a_configured_listener() -> None:
     conf = (DEPLOY / "mosquitto/mosquitto.conf").read_text()
     listeners = {line.split()[1] for line in conf.splitlines() if line.startswith("listener ")}
