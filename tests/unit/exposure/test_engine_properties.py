@@ -171,7 +171,8 @@ def test_zone_seconds_sum_to_wear_seconds(plan: tuple[Stream, list[Frame]]) -> N
     stream, frames = plan
     result, _ = run(engine(), frames)
     dt = 1 / stream.rate_hz
-    assert sum(w.wear_s for w in result.windows) == approx(stream.n * dt, abs=1e-6)
+    # wear_s is rounded to the microsecond per window: at 3 Hz each window's rounding adds up
+    assert sum(w.wear_s for w in result.windows) == approx(stream.n * dt, abs=1e-6 * len(result.windows))
     for w in result.windows:
         assert set(w.zone_s) == set(stream.samples)
         for seg, zones in w.zone_s.items():
