@@ -1,4 +1,6 @@
-"""Samples to exposure: zones, static holds, strain dose with recovery, break decisions (DOMAIN.md).
+"""Samples to exposure: zones, static holds, strain dose with recovery, break decisions.
+
+The model is described in docs/exposure-model.md.
 
 Pure and deterministic: event time only, no I/O. Samples are processed one by one in event time, so
 the same samples in the same order give the same result however they are split into frames. A
@@ -30,13 +32,39 @@ CORE_SEGMENTS = 4
 ZONES: tuple[str, str, str] = ("acceptable", "conditional", "not_acceptable")
 NEVER = -math.inf
 
+# State layout (WorkerState.slots, one array('d')): NG global slots, then one block of NS slots per
+# segment in SEGMENT_ORDER; segment i's slot X is slots[NG + i * NS + X]. Times are epoch seconds,
+# NEVER (-inf) for "not yet"; flags are 0.0 / 1.0.
+#
 # global slots
-G_END, G_WIN, G_FRAMES, G_WEAR, G_VIOL, G_LAST_BREAK, G_BREAK_SHIFT, G_BREAK_COUNT, G_DT = range(9)
-G_CLOCK_T0, G_CLOCK_N = 9, 10  # the sample clock: sample k since the anchor is at t0 + k * dt
+G_END = 0  # event time just after the last processed sample
+G_WIN = 1  # start of the open window, NEVER when none is open
+G_FRAMES = 2  # frames that touched the open window
+G_WEAR = 3  # seconds of samples in the open window
+G_VIOL = 4  # violations in the open window
+G_LAST_BREAK = 5  # time of the last conditioning break
+G_BREAK_SHIFT = 6  # shift period (floor(t / shift_s)) the break count is for
+G_BREAK_COUNT = 7  # breaks in that shift period
+G_DT = 8  # sample period of the last frame
+G_CLOCK_T0 = 9  # the sample clock's anchor: sample k since the anchor is at G_CLOCK_T0 + k * G_DT
+G_CLOCK_N = 10  # samples since the anchor
 NG = 11
-# per-segment slots, at NG + index * NS
-DOSE, ACTIVE, H_START, H_SUM, H_N, H_LAST_IN, LAST_NUDGE, LAST_ENTRY, FREQUENT, LAST_OUT = range(10)
-W_SAMPLES, W_ACC, W_COND, W_NA, W_CUT0, W_CUT1, W_CUT2, W_LONGEST = range(10, 18)
+# per-segment slots: state carried from sample to sample
+DOSE = 0  # strain dose
+ACTIVE = 1  # a hold is in progress
+H_START = 2  # the hold's first sample time
+H_SUM = 3  # sum of the hold's angles (mean = H_SUM / H_N)
+H_N = 4  # samples in the hold
+H_LAST_IN = 5  # time of the hold's last sample within tolerance (hysteresis counts from here)
+LAST_NUDGE = 6  # time of the last posture_hold alert
+LAST_ENTRY = 7  # time of the last movement into a non-acceptable zone
+FREQUENT = 8  # that movement came within the frequent gap of the previous one
+LAST_OUT = 9  # time of the last sample outside the acceptable zone (debounce counts from here)
+# per-segment slots: the open window's aggregates, zeroed when it closes (W_SAMPLES..W_LONGEST)
+W_SAMPLES = 10  # samples
+W_ACC, W_COND, W_NA = 11, 12, 13  # seconds per zone
+W_CUT0, W_CUT1, W_CUT2 = 14, 15, 16  # seconds above each cut-point
+W_LONGEST = 17  # longest hold
 NS = 18
 MAX_CUTPOINTS = 3
 _STATE_VERSION = 3

@@ -1,5 +1,6 @@
-"""Hand-computed scenarios from DOMAIN.md; every expected number is derived in the comment above it
-from profiles/default.json and profiles/iso11226-strict.json (1 Hz unless said otherwise)."""
+"""Hand-computed scenarios of the model in docs/exposure-model.md; every expected number is derived
+in the comment above it from profiles/default.json and profiles/iso11226-strict.json (1 Hz unless
+said otherwise)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""load_thresholds: the shipped profiles carry DOMAIN.md's numbers; files load; bad input is refused."""
+"""load_thresholds: the shipped profiles carry the numbers of docs/exposure-model.md; files load; bad
+input is refused."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def test_both_profiles_ship() -> None:
 def test_default_profile_has_the_domain_numbers() -> None:
     th = load_thresholds("default")
     assert set(th.segments) == set(SEGMENT_ORDER)
-    # DOMAIN.md "Zones": acceptable / conditional / not acceptable boundaries
+    # docs/exposure-model.md "Per sample": acceptable / conditional / not acceptable boundaries
     zones = {name: (seg.acceptable_max, seg.conditional_max) for name, seg in th.segments.items()}
     assert zones == {
         "trunk_flexion": (20, 60),
