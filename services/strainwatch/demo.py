@@ -2,7 +2,8 @@
 
 Brings the stack up if needed, starts the processor, backfills a couple of days for a small fleet,
 streams a short live period in real time, waits until every frame is accounted for, prints a
-summary and, as the last line, one JSON object.
+summary and, as the last line, one JSON object. If the wait times out it says what is missing and
+exits non-zero instead: the JSON line means every frame was accounted for.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,80 @@ from rich.console import Console
 from rich.table import Table
 
 from strainwatch.config import get_settings
+from strainwatch.storage import influxql
 from strainwatch.storage.influxql import InfluxQL, InfluxQLError
 
 console = Console(stderr=True)
+
+ACCOUNT_TIMEOUT_S = 300.0
+
+
+class DemoIncomplete(RuntimeError):
+    """The processor did not account for every frame in time; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """Frames the pipeline accounted for against what the gateway delivered."""
+
+    processed: int
+    dead_lettered: int
+    expected_processed: int
+    expected_dead_lettered: int
+    waited_s: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.processed >= self.expected_processed and self.dead_lettered >= self.expected_dead_lettered
+
+    def shortfall(self) -> str:
+        """What is missing, in words (empty when complete)."""
+        missing = []
+        if self.processed < self.expected_processed:
+            missing.append(
+                f"processed {self.processed:,} of {self.expected_processed:,} valid frames "
+                f"({self.expected_processed - self.processed:,} missing in InfluxDB)"
+            )
+        if self.dead_lettered < self.expected_dead_lettered:
+            missing.append(
+                f"dead-lettered {self.dead_lettered:,} of {self.expected_dead_lettered:,} invalid frames "
+                f"({self.expected_dead_lettered - self.dead_lettered:,} missing on the dead-letter topic)"
+            )
+        return "; ".join(missing)
+
+
+def await_accounting(
+    poll: Callable[[], tuple[int, int]],
+    expected_processed: int,
+    expected_dead_lettered: int,
+    timeout_s: float = ACCOUNT_TIMEOUT_S,
+    *,
+    interval_s: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Accounting:
+    """Poll (processed, dead-lettered) until both reach what is expected or timeout_s passes.
+
+    Returns the last counts either way; `complete` tells which. poll() may raise to abort (the
+    processor exited).
+    """
+    started = clock()
+    while True:
+        processed, dead = poll()
+        waited = clock() - started
+        result = Accounting(processed, dead, expected_processed, expected_dead_lettered, waited)
+        if result.complete or waited >= timeout_s:
+            return result
+        sleep(interval_s)
+
+
+def verdict(accounting: Accounting, timeout_s: float = ACCOUNT_TIMEOUT_S) -> None:
+    """Raise DemoIncomplete unless every frame was accounted for."""
+    if not accounting.complete:
+        raise DemoIncomplete(
+            f"demo failed: after waiting {accounting.waited_s:.0f} s (limit {timeout_s:.0f} s) the processor "
+            f"had not accounted for every frame: {accounting.shortfall()}"
+        )
 
 
 def _dead_letter_offsets(bootstrap: str) -> dict[int, int]:
@@ -125,19 +199,17 @@ def run_demo(
         console.rule("5/5 waiting for the processor to account for every frame")
         ql = InfluxQL(stack_cfg.influx_url, settings.influx_token.get_secret_value(), stack_cfg.influx_bucket)
         where = f"\"site\" = '{site}'"
-        deadline = time.monotonic() + 300
-        processed = dead = 0
-        while time.monotonic() < deadline:
+
+        def poll() -> tuple[int, int]:
             if processor.poll() is not None:
                 raise RuntimeError(f"the processor exited ({processor.returncode}); see {log_path}")
             try:
-                processed = int(ql.scalar(f'SELECT SUM("frames") FROM "exposure" WHERE {where}'))
+                processed = int(ql.scalar(influxql.exposure_field_sum("frames", where)))
             except InfluxQLError:
                 processed = 0
-            dead = _count_new(dlq_before, _dead_letter_offsets(stack_cfg.bootstrap))
-            if processed >= valid and dead >= invalid:
-                break
-            time.sleep(0.5)
+            return processed, _count_new(dlq_before, _dead_letter_offsets(stack_cfg.bootstrap))
+
+        accounting = await_accounting(poll, valid, invalid)
         summary = _summary(ql, where, site)
     finally:
         processor.send_signal(signal.SIGTERM)
@@ -146,7 +218,9 @@ def run_demo(
         except subprocess.TimeoutExpired:
             processor.kill()
     by_reason = Counter(backfill.by_reason) + Counter(live.by_reason)
+    processed, dead = accounting.processed, accounting.dead_lettered
     _print_summary(summary, produced, processed, dead, by_reason, site)
+    verdict(accounting)  # after the summary, which shows the counts; no JSON line on failure
     return {
         "frames_produced": produced,
         "frames_processed": processed,
@@ -161,7 +235,7 @@ def _summary(ql: InfluxQL, where: str, site: str) -> dict[str, Any]:
     points = int(ql.scalar(f'SELECT COUNT("wear_s") FROM "exposure" WHERE {where}'))
     alerts = {
         s["tags"]["kind"]: int(s["values"][0][1])
-        for s in ql.query(f'SELECT COUNT("dose") FROM "break_alert" WHERE {where} GROUP BY "kind"')
+        for s in ql.query(influxql.break_alert_counts("kind", where))
     }
     fields = [
         "wear_s",
@@ -249,5 +323,11 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(
                 f"unknown broker {broker!r}: choose tansu or kafka", param_hint="--broker"
             )
-        result = run_demo(workers, days, live_s, invalid_rate, seed, broker)
+        from strainwatch.gateway.producer import ProduceError
+
+        try:
+            result = run_demo(workers, days, live_s, invalid_rate, seed, broker)
+        except (DemoIncomplete, ProduceError) as error:
+            typer.echo(str(error), err=True)
+            raise typer.Exit(1) from None
         typer.echo(orjson.dumps(result).decode())
