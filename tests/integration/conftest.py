@@ -146,7 +146,10 @@ class ProcessorProc:
         return self.popen is not None and self.popen.poll() is None
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        return self.full_log()[-4000:]
+
+    def full_log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
         if self.running():

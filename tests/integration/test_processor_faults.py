@@ -8,77 +8,17 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaProducer
 
 from strainwatch.storage.influxql import InfluxQL
-from strainwatch.topics import POSTURE_EVENTS
 from tests.integration.conftest import Broker, Influx, processor_env
-from tests.support import aligned_start, encode, frame, wait_for
+from tests.integration.pipeline import all_points, produce, stored_frames, window_diff, workload
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
-
-PROFILES = [
-    {"trunk_flexion": 35.0, "neck_flexion": 30.0, "arm_elevation_left": 70.0, "arm_elevation_right": 100.0},
-    {"trunk_flexion": 5.0, "neck_flexion": 10.0, "arm_elevation_left": 15.0, "arm_elevation_right": 10.0},
-    {"trunk_flexion": 65.0, "neck_flexion": 50.0, "arm_elevation_left": 30.0, "arm_elevation_right": 30.0},
-]
-
-
-def workload(workers: int, seconds: int, offset_s: int = 0) -> list[tuple[bytes, bytes]]:
-    """Frames of `workers` workers, one per second each, postures that raise holds and alerts."""
-    start = aligned_start(hours_ago=4) + timedelta(seconds=offset_s)
-    out = []
-    for second in range(seconds):
-        for w in range(workers):
-            worker = f"w-{w:04d}"
-            angles = PROFILES[w % len(PROFILES)]
-            # a posture change every 3 minutes keeps holds, violations and recoveries coming
-            if (second // 180 + w) % 4 == 3:
-                angles = PROFILES[1]
-            doc = frame(worker, start + timedelta(seconds=second), angles=angles)
-            out.append((worker.encode(), encode(doc)))
-    return out
-
-
-def produce(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=262_144)
-    for key, value in messages:
-        producer.send(POSTURE_EVENTS.name, key=key, value=value)
-    producer.flush(60)
-    producer.close()
-
-
-def stored_frames(ql: InfluxQL) -> int:
-    try:
-        return int(ql.scalar('SELECT SUM("frames") FROM "exposure"'))
-    except Exception:
-        return 0
-
-
-def all_points(ql: InfluxQL, measurement: str) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Every point of a measurement keyed by (tags..., time), fields as a dict."""
-    points: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for series in ql.query(f'SELECT * FROM "{measurement}" GROUP BY *'):
-        tags = tuple(sorted((series.get("tags") or {}).items()))
-        columns = series["columns"]
-        for row in series["values"]:
-            fields = {c: v for c, v in zip(columns, row, strict=True) if c != "time" and v is not None}
-            points[(tags, row[0])] = fields
-    return points
-
-
-def frames_by_window(ql: InfluxQL) -> dict[tuple[str, int], int]:
-    by_window: dict[tuple[str, int], int] = {}
-    for series in ql.query('SELECT "frames" FROM "exposure" GROUP BY "worker"'):
-        worker = (series.get("tags") or {}).get("worker", "?")
-        for ts, frames in series["values"]:
-            by_window[(worker, ts)] = by_window.get((worker, ts), 0) + int(frames or 0)
-    return by_window
 
 
 def run_to_completion(
@@ -93,12 +33,7 @@ def run_to_completion(
         )
     except AssertionError as error:
         # say which windows differ from the reference run: the count alone does not tell why
-        diff = ""
-        if reference is not None:
-            want, have = frames_by_window(reference), frames_by_window(ql)
-            wrong = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
-            diff = "; ".join(f"{k}: want {want.get(k)} have {have.get(k)}" for k in wrong[:20])
-            diff = f"; {len(wrong)} windows differ from the reference: {diff}"
+        diff = f"; {window_diff(reference, ql)}" if reference is not None else ""
         raise AssertionError(f"{error}; stored {stored_frames(ql)}{diff}\n{proc.log()[-3000:]}") from None
     assert proc.terminate() == 0, proc.log()
 

@@ -42,9 +42,10 @@ log = structlog.get_logger("strainwatch.processor")
 STATE_TABLE = "worker-state"
 ROSTER_TABLE = "roster"
 RECORD_CODEC = "strainwatch-record"
-# A partition faust has delivered nothing from for this long is checked against the log end: faust
-# may have skipped its last events, and with no event after them the agent would never notice.
-QUIET_PARTITION_S = 5.0
+# Once faust has delivered nothing for this long, each partition's position is checked against the
+# log end: faust may have skipped a partition's last events, and with no event after them the agent
+# would never notice. (While frames flow, the next frame of a partition reveals such a hole.)
+QUIET_S = 5.0
 
 
 class _RecordCodec(codecs.Codec):
@@ -172,6 +173,7 @@ class Processor:
         self._frames_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._last_sweep = time.monotonic()
+        self._last_delivery = time.monotonic()
         self.hole_frames = 0  # frames faust skipped that were read from the broker instead
         self._stopping = False
         self._wire()
@@ -241,10 +243,9 @@ class Processor:
                 continue
             if generation != self._generation:
                 continue  # a rebalance happened meanwhile: start over with the new assignment
-            now = time.monotonic()
             for partition, start in starts.items():
                 if partition in self._assigned and not self.positions.owns(partition):
-                    self.positions.start(partition, start, now)
+                    self.positions.start(partition, start)
             log.info("partitions started", positions={p: starts[p] for p in sorted(starts)})
             return
 
@@ -275,22 +276,24 @@ class Processor:
             return
         positions.advance(partition, end)  # offsets absent from the log (markers, compaction)
 
-    async def _sweep_quiet_partitions(self) -> None:
-        """Catch up partitions faust has gone quiet on while the log has more (see QUIET_PARTITION_S)."""
+    async def _sweep_when_quiet(self) -> None:
+        """Catch up partitions whose log goes on past their position once faust is quiet (QUIET_S)."""
         now = time.monotonic()
-        if now - self._last_sweep < QUIET_PARTITION_S or now - self._assigned_at < QUIET_PARTITION_S:
+        if min(now - self._last_sweep, now - self._last_delivery, now - self._assigned_at) < QUIET_S:
             return
         self._last_sweep = now
         await self._ensure_started(sorted(self._assigned))
-        quiet = [p for p in self.positions.quiet(now, QUIET_PARTITION_S) if p in self._assigned]
-        if not quiet:
+        owned = self.positions.owned()
+        if not owned:
             return
         generation = self._generation
-        ends = await self.app.consumer.highwaters(*(TP(POSTURE_EVENTS.name, p) for p in quiet))
+        ends = await self.app.consumer.highwaters(*(TP(POSTURE_EVENTS.name, p) for p in owned))
         for tp, end in ends.items():
             partition = tp.partition
-            if generation != self._generation or end is None:
+            if generation != self._generation:
                 return
+            if end is None or not self.positions.owns(partition) or self.positions.position(partition) >= end:
+                continue
             async with self._lock(partition):
                 if self.positions.owns(partition) and self.positions.position(partition) < end:
                     await self._read_hole(partition, self.positions.position(partition), int(end), "quiet")
@@ -313,7 +316,7 @@ class Processor:
                     await self._ensure_started([partition])
                     if not positions.owns(partition):
                         continue  # revoked meanwhile: the new owner consumes it
-                positions.delivered(partition, monotonic())
+                self._last_delivery = monotonic()
                 lock = self._partition_locks.get(partition)
                 if offset != positions.position(partition) or (lock is not None and lock.locked()):
                     async with self._lock(partition):
@@ -356,11 +359,17 @@ class Processor:
                 self.runtime.dirty or self.positions.uncommitted() or self.runtime.out
             ):
                 await self.checkpoint("timer")
-            await self._sweep_quiet_partitions()
+            await self._sweep_when_quiet()
 
         @app.on_partitions_assigned.connect
         async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
             mine = {tp.partition for tp in assigned if tp.topic == POSTURE_EVENTS.name}
+            if app.topics.acks_enabled_for(POSTURE_EVENTS.name):
+                # faust enables acks per topic *name*: one more stream on the posture topic with
+                # default acks would let faust commit posture offsets behind the checkpoint's back
+                raise RuntimeError(
+                    "faust tracks acks for the posture topic; only the checkpoint may commit it"
+                )
             self._generation += 1
             self.positions.forget()  # each partition starts again at the group's committed offset
             self.runtime.drop_partitions(self._assigned - mine)
@@ -372,6 +381,7 @@ class Processor:
         @app.on_partitions_revoked.connect
         async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
             mine = {tp.partition for tp in revoked if tp.topic == POSTURE_EVENTS.name}
+            log.info("partitions revoked", partitions=sorted(mine))
             self._generation += 1  # a range being read for a revoked partition stops
             await self.checkpoint("revoked")
             self.positions.forget(mine)
@@ -387,7 +397,11 @@ class Processor:
         try:
             done = await asyncio.wait_for(self.checkpoint("shutdown", final=True), timeout=20.0)
             if done:
-                log.info("processor stopped cleanly", **self.runtime.counters.as_dict())
+                log.info(
+                    "processor stopped cleanly",
+                    hole_frames=self.hole_frames,
+                    **self.runtime.counters.as_dict(),
+                )
             else:
                 log.warning("final checkpoint incomplete; frames after the last commit replay on restart")
         except (TimeoutError, SinkStopped, asyncio.CancelledError) as error:

@@ -1,7 +1,7 @@
 """Reads from the broker outside faust: the group's committed offsets, and ranges of a partition.
 
 Both use short-lived aiokafka consumers of their own, so nothing here depends on faust's consumer:
-- the committed offsets come from an offset fetch with the group's id but without joining it;
+- the committed offsets come from an offset fetch for the group that does not join it;
 - a range of offsets faust skipped is read with a group-less consumer, assigned the one partition.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 log = structlog.get_logger("strainwatch.processor")
 
@@ -24,28 +25,36 @@ async def start_positions(bootstrap: str, group: str, topic: str, partitions: li
     """Where each partition resumes: the group's committed offset, or the log start where none."""
     if not partitions:
         return {}
-    # the group's id, never subscribed: an offset fetch only, it does not join the group
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in partitions]
+    # an OffsetFetch for the group through the admin client: it does not join the group (a
+    # consumer's committed() needs a subscription, which would)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+    finally:
+        await admin.close()
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await reader.start()
     try:
-        tps = [TopicPartition(topic, p) for p in partitions]
         starts = await reader.beginning_offsets(tps)
-        positions = {}
-        for tp in tps:
-            committed = await reader.committed(tp)
-            log_start = int(starts[tp])
-            if committed is not None and committed < log_start:
-                # retention deleted frames this group never processed: they are gone for good
-                log.error(
-                    "committed offset behind the log start: frames lost to retention",
-                    partition=tp.partition,
-                    committed=committed,
-                    log_start=log_start,
-                )
-            positions[tp.partition] = max(int(committed), log_start) if committed is not None else log_start
-        return positions
     finally:
         await reader.stop()
+    positions = {}
+    for tp in tps:
+        meta = committed.get(tp)
+        offset = meta.offset if meta is not None and meta.offset >= 0 else None
+        log_start = int(starts[tp])
+        if offset is not None and offset < log_start:
+            # retention deleted frames this group never processed: they are gone for good
+            log.error(
+                "committed offset behind the log start: frames lost to retention",
+                partition=tp.partition,
+                committed=offset,
+                log_start=log_start,
+            )
+        positions[tp.partition] = max(offset, log_start) if offset is not None else log_start
+    return positions
 
 
 async def read_range(
@@ -62,6 +71,8 @@ async def read_range(
     offsets can be absent (compaction, retention, transaction markers), and counting records would
     then wait forever. Raises RangeAbandoned if the partition is revoked meanwhile.
     """
+    if not still_owned():
+        raise RangeAbandoned(f"partition {partition} revoked before reading [{first}, {end})")
     reader = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -75,11 +86,7 @@ async def read_range(
         reader.assign([part])
         reader.seek(part, first)
         while True:
-            if not still_owned():
-                raise RangeAbandoned(f"partition {partition} revoked while reading [{first}, {end})")
-            batches = await reader.getmany(
-                part, timeout_ms=1_000, max_records=max(1, min(end - first, 2_000))
-            )
+            batches = await reader.getmany(part, timeout_ms=1_000, max_records=2_000)
             for record in batches.get(part, []):
                 if record.offset >= end:
                     return
@@ -87,5 +94,8 @@ async def read_range(
                     yield record
             if await reader.position(part) >= end:
                 return
+            # checked after a fetch: aiokafka's stop() right after assign() raised CancelledError
+            if not still_owned():
+                raise RangeAbandoned(f"partition {partition} revoked while reading [{first}, {end})")
     finally:
         await reader.stop()

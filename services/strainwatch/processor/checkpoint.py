@@ -79,6 +79,7 @@ class Checkpointer:
         self._commit = commit
         self._in_flight: list[_Sent] = []
         self._lock = asyncio.Lock()
+        self._publishing = asyncio.Lock()
         self._errors = RateLimitedLog(log, interval_s=10.0)
         self.stats = CheckpointStats()
         self.last_success = time.monotonic()
@@ -86,6 +87,10 @@ class Checkpointer:
     async def publish(self) -> None:
         """Send the runtime's outputs now (an alert must not wait for a checkpoint); their
         deliveries are awaited before the checkpoint commits the frames that produced them."""
+        async with self._publishing:
+            await self._publish()
+
+    async def _publish(self) -> None:
         out = self.runtime.take_outputs()
         for role, messages in (
             ("dead_letter", out.dead_letters),
@@ -96,11 +101,11 @@ class Checkpointer:
                 await self._send(role, key, value)
 
     async def _send(self, role: str, key: bytes | None, value: bytes) -> None:
-        self._in_flight.append(_Sent(role, key, value, await self._send_output(role, key, value)))
+        delivery = await self._send_output(role, key, value)
+        self._in_flight.append(_Sent(role, key, value, delivery))  # after the await: see run()
 
-    async def _outputs_delivered(self) -> None:
-        """Await every output in flight; the ones that failed are sent again, then this raises."""
-        sent, self._in_flight = self._in_flight, []
+    async def _delivered(self, sent: list[_Sent]) -> None:
+        """Await outputs; the ones that failed are sent again (and awaited next time), then raise."""
         results = await asyncio.gather(*(s.delivery for s in sent), return_exceptions=True)
         failed = [(s, r) for s, r in zip(sent, results, strict=True) if isinstance(r, BaseException)]
         for message, _ in failed:
@@ -114,12 +119,19 @@ class Checkpointer:
             dirty, lines = self.runtime.snapshot()
             positions = self.positions.uncommitted()
             payloads = [(worker, record, record.to_bytes()) for worker, record in dirty.items()]
+            sent: list[_Sent] = []
             try:
-                await self.publish()
+                # Outputs of every frame below `positions` were taken from the runtime before the
+                # snapshot; a publish still sending some of them holds `_publishing`, so once we
+                # hold it every one of them is in `_in_flight`.
+                async with self._publishing:
+                    await self._publish()
+                    sent, self._in_flight = self._in_flight, []
                 self.sink.add(lines)
                 await self.sink.flush(give_up_when_stopping=final)
                 deliveries = await self._write_records(payloads)
-                await self._outputs_delivered()
+                awaiting, sent = sent, []
+                await self._delivered(awaiting)
                 if deliveries:
                     await asyncio.gather(*deliveries)
                 accepted = await self._commit(positions) if positions else True
@@ -128,6 +140,7 @@ class Checkpointer:
                 # still owns), points back in the sink (flush did that), outputs re-sent
                 records = self.runtime.records
                 self.runtime.dirty.update(worker for worker in dirty if worker in records)
+                self._in_flight[:0] = sent  # not awaited yet: the next checkpoint awaits them
                 self.stats.failures += 1
                 if isinstance(error, SinkStopped | asyncio.CancelledError):
                     log.warning("checkpoint abandoned; its frames will be replayed", reason=reason)

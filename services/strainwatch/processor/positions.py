@@ -12,7 +12,7 @@ flow control is off, after a generation change); an event past the position reve
 which the processor reads straight from the broker before it applies the event. Events below the
 position are redeliveries and are ignored.
 
-Pure bookkeeping: no faust, no Kafka, no clock but the one passed in.
+Pure bookkeeping: no faust, no Kafka, no clock.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 class _Partition:
     position: int  # the next offset to hand to the runtime
     committed: int  # the position last committed to the group
-    last_delivery_s: float  # when faust last delivered an event at or past the position
 
 
 class PartitionPositions:
@@ -33,9 +32,9 @@ class PartitionPositions:
 
     # --- ownership ------------------------------------------------------------------------------
 
-    def start(self, partition: int, position: int, now_s: float) -> None:
+    def start(self, partition: int, position: int) -> None:
         """Own a partition from `position` (its committed offset, or the log start)."""
-        self._partitions[partition] = _Partition(position, position, now_s)
+        self._partitions[partition] = _Partition(position, position)
 
     def owns(self, partition: int) -> bool:
         return partition in self._partitions
@@ -63,18 +62,11 @@ class PartitionPositions:
     def is_redelivery(self, partition: int, offset: int) -> bool:
         return offset < self._partitions[partition].position
 
-    def delivered(self, partition: int, now_s: float) -> None:
-        self._partitions[partition].last_delivery_s = now_s
-
     def advance(self, partition: int, next_offset: int) -> None:
         """Offsets below `next_offset` have been handed to the runtime."""
         state = self._partitions[partition]
         if next_offset > state.position:
             state.position = next_offset
-
-    def quiet(self, now_s: float, after_s: float) -> list[int]:
-        """Partitions faust has delivered nothing from for `after_s`: maybe idle, maybe skipped."""
-        return [p for p, s in self._partitions.items() if now_s - s.last_delivery_s >= after_s]
 
     # --- committing -----------------------------------------------------------------------------
 
