@@ -1,4 +1,5 @@
-# strainwatch: `make demo` runs the whole pipeline locally, `make test` runs every test.
+# strainwatch: `make demo` runs the whole pipeline locally, `make test` the tests (`make faults` the long
+# fault scenarios).
 # Both set up what they need on a fresh Debian machine (venv, pip, apt, Maven jars).
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps jars lint unit integration test demo bench stack-down clean
+.PHONY: setup system-deps jars lint unit integration test faults demo bench stack-down clean
 
 # Exactly the tested versions (requirements-dev.lock includes requirements.lock), then the package
 # without resolving again: the processor relies on faust internals, so nothing may float.
@@ -39,10 +40,15 @@ unit: $(STAMP)
 	$(BIN)/pytest -m unit -q
 
 integration: setup jars
-	$(BIN)/pytest -m integration
+	$(BIN)/pytest -m "integration and not faults"
 
+# every test but the long scale-out and repeated-kill scenarios, which `make faults` runs
 test: setup jars lint
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not faults"
+
+# several processor instances joining, leaving and killed mid-rebalance on Apache Kafka (about 12 min)
+faults: setup jars
+	$(BIN)/pytest -m faults
 
 demo: setup
 	$(BIN)/strainwatch demo

@@ -17,8 +17,8 @@ STOP_DEADLINE_S = 27.0
 def run_processor(thresholds: str | None = None) -> None:
     import mode.loop
 
-    # uvloop before anything creates a loop: faust schedules ~20 callbacks per event (DESIGN.md),
-    # which uvloop makes markedly cheaper
+    # uvloop before anything creates a loop: faust schedules about 20 callbacks per event, which
+    # uvloop makes markedly cheaper (docs/processor.md)
     mode.loop.use("uvloop")
     import faust
 
@@ -58,7 +58,7 @@ def run_processor(thresholds: str | None = None) -> None:
         quiet=True,
         redirect_stdouts=False,
     )
-    # faust leaves the root logger at DEBUG even with -l warn; that costs about 10 % (DESIGN.md)
+    # faust leaves the root logger at DEBUG even with -l warn; that costs about 10 % (docs/architecture.md)
     logging.getLogger().setLevel(max(logging.WARNING, logging.getLevelName(level)))
     worker.execute_from_commandline()
 
@@ -69,6 +69,13 @@ def register(app: Any) -> None:
         thresholds: str = typer.Option(None, "--thresholds", help="profile name or thresholds file"),
     ) -> None:
         """Score posture frames into exposure windows, alerts and InfluxDB points."""
+        from strainwatch.processor.compat import UntestedVersionsError, check_tested_versions
+
+        try:
+            check_tested_versions()  # the processor leans on faust internals: refuse untested versions
+        except UntestedVersionsError as error:
+            typer.echo(f"strainwatch processor: {error}", err=True)
+            raise typer.Exit(1) from None
         if thresholds is not None:
             from strainwatch.exposure import load_thresholds
 

@@ -1,7 +1,7 @@
 """What the processor keeps per worker, and its compact table encoding.
 
 The record carries the source offset it has consumed up to *in the same value* as the exposure
-state, so one changelog record holds both (DESIGN.md, exactly-once results): on replay after a
+state, so one changelog record holds both (docs/processor.md, exactness): on replay after a
 crash a frame at or before `last_offset` is skipped instead of being applied twice.
 """
 

@@ -5,7 +5,7 @@ before it acknowledges the offsets that produced the points. `flush()` only retu
 is stored; while InfluxDB is unreachable it retries with capped exponential back-off, so offsets
 simply wait (nothing is dropped, nothing is acknowledged early).
 
-Departure from DESIGN.md: influxdb-client's *batching* WriteApi cannot be flushed on demand
+Why not influxdb-client's *batching* WriteApi: it cannot be flushed on demand
 (`WriteApi.flush()` is a no-op in 1.50) and reports failures only through callbacks, so a checkpoint
 could not know its points are stored. The sink batches itself and writes each batch through
 influxdb-client's asynchronous write API (`/api/v2/write`, precision seconds).
