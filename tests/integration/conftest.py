@@ -112,15 +112,21 @@ def kafka(tmp_path: Path) -> Iterator[Broker]:
 class ProcessorProc:
     """`strainwatch processor` as a real subprocess, so tests can SIGTERM or kill -9 it."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, script: Path | None = None) -> None:
         self.env = env
         self.log_path = log_path
+        # a script standing in for `strainwatch processor` (a processor with an injected fault)
+        self.argv = (
+            [sys.executable, str(script)]
+            if script
+            else [sys.executable, "-m", "strainwatch.cli", "processor"]
+        )
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the subprocess owns it
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "strainwatch.cli", "processor"],
+            self.argv,
             env={**os.environ, **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -178,8 +184,8 @@ def processor_env(broker: Broker, influx: Influx, database: str, state: Path, **
 def run_processor(tmp_path: Path) -> Iterator[object]:
     started: list[ProcessorProc] = []
 
-    def factory(env: dict[str, str]) -> ProcessorProc:
-        proc = ProcessorProc(env, tmp_path / f"processor-{len(started)}.log")
+    def factory(env: dict[str, str], script: Path | None = None) -> ProcessorProc:
+        proc = ProcessorProc(env, tmp_path / f"processor-{len(started)}.log", script)
         proc.start()
         started.append(proc)
         return proc
