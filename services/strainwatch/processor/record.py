@@ -55,7 +55,8 @@ class WorkerRecord:
     recent_ids: array = field(default_factory=lambda: array("Q"))
     # an empty list is 56 bytes a worker; almost every worker's buffer is empty almost always
     buffer: list[Buffered] = field(default=NO_BUFFER)  # type: ignore[assignment]
-    buffered_since: float = 0.0  # monotonic clock, memory only
+    # monotonic clock, memory only: a restored record's wait starts when the runtime adopts it
+    buffered_since: float = 0.0
 
     def remember(self, event_key: int) -> None:
         ids = self.recent_ids

@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -88,6 +88,7 @@ class Runtime:
         config: RuntimeConfig,
         load: Callable[[str], WorkerRecord | None],
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         team_of: Callable[[str], str | None] = lambda worker: None,
         log_dead_letters: bool = True,
     ) -> None:
@@ -96,8 +97,13 @@ class Runtime:
         self._load = load
         self._team_of = team_of
         self._clock = clock
+        self._monotonic = monotonic  # how long a reorder buffer has waited: immune to wall-clock steps
         self.records: dict[str, WorkerRecord] = {}
         self.dirty: set[str] = set()
+        # Workers whose reorder buffer may be non-empty. Every snapshot checks them, not only the
+        # dirty ones: a worker that stops sending after a gap is never dirty again, and its buffered
+        # frames must still be released once the lateness has passed.
+        self._buffered: set[str] = set()
         self.lines: list[str] = []
         self.out = Outputs()
         self.counters = Counters()
@@ -162,7 +168,8 @@ class Runtime:
             record.buffer.append(Buffered(start_s, end_s, offset, event_key, value, frame))
             record.buffer.sort(key=lambda b: b.start_s)
             if len(record.buffer) == 1:
-                record.buffered_since = time.monotonic()
+                record.buffered_since = self._monotonic()
+                self._buffered.add(worker)
             self.counters.buffered += 1
         else:
             self._dead_letter(
@@ -199,8 +206,24 @@ class Runtime:
                     partition=partition,
                     team=sys.intern(team) if team else None,
                 )
-            self.records[worker] = record
+            self._adopt(worker, record)
         return record
+
+    def _adopt(self, worker: str, record: WorkerRecord) -> None:
+        """Track a record from now on; one restored with buffered frames starts its lateness wait now
+        (when they were buffered is not persisted, and the gap may still fill from a replay)."""
+        self.records[worker] = record
+        if record.buffer:
+            record.buffered_since = self._monotonic()
+            self._buffered.add(worker)
+
+    def adopt_restored(self, records: Iterable[tuple[str, WorkerRecord]]) -> None:
+        """Records restored from the table (after a restart or rebalance) whose reorder buffer holds
+        frames: the worker may never send again, so without this nothing would load the record and
+        its buffered frames would never be scored. Records already tracked are left alone."""
+        for worker, record in records:
+            if record.buffer and worker not in self.records:
+                self._adopt(worker, record)
 
     def _drain(self, worker: str, record: WorkerRecord, gap_timeout: bool) -> None:
         """Apply buffered frames that now follow on, or all of them once the lateness has passed."""
@@ -332,11 +355,16 @@ class Runtime:
         Points: windows closed since the last snapshot plus each dirty worker's open window,
         written as a partial point that later writes of the same window overwrite.
         """
-        now = time.monotonic()
-        for worker in list(self.dirty):
-            record = self.records[worker]
-            if record.buffer and now - record.buffered_since > self.config.allowed_lateness_s:
+        now = self._monotonic()
+        lateness = self.config.allowed_lateness_s
+        for worker in list(self._buffered):
+            record = self.records.get(worker)
+            if record is None or not record.buffer:
+                self._buffered.discard(worker)  # drained by a later frame, or dropped
+            elif now - record.buffered_since > lateness:
                 self._drain(worker, record, gap_timeout=True)  # the gap will not fill: go on
+                self._buffered.discard(worker)
+                self.dirty.add(worker)  # its state moved: persist it and write its points
         dirty = {worker: self.records[worker] for worker in self.dirty}
         for worker, record in dirty.items():
             window = self.engine.open_window(record.state)
@@ -348,10 +376,14 @@ class Runtime:
 
     def set_team(self, worker: str, team: str) -> None:
         """A roster update: points and windows from now on carry the new team."""
-        record = self.records.get(worker) or self._load(worker)
-        if record is not None and record.team != team:
+        known = self.records.get(worker)
+        record = known or self._load(worker)
+        if record is None:
+            return
+        if known is None and (record.buffer or record.team != team):
+            self._adopt(worker, record)
+        if record.team != team:
             record.team = sys.intern(team)
-            self.records[worker] = record
             self.dirty.add(worker)
 
     def end_of_input(self) -> None:
@@ -379,3 +411,4 @@ class Runtime:
         for worker in [w for w, r in self.records.items() if r.partition in partitions]:
             del self.records[worker]
             self.dirty.discard(worker)
+            self._buffered.discard(worker)

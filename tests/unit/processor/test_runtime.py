@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import orjson
 import pytest
@@ -116,6 +116,88 @@ def test_a_gap_that_never_fills_is_released_after_the_lateness() -> None:
         expected = 1 if second + 1 - 1 <= 5 else second - 2
         assert runtime.counters.frames_applied == expected, second
     assert runtime.counters.frames_applied == 9
+
+
+class FakeMonotonic:
+    """The runtime's monotonic clock, moved by the test: the lateness passes without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def nothing_stored(worker: str) -> WorkerRecord | None:
+    return None
+
+
+def gap_then_silence(runtime: Runtime) -> datetime:
+    """Frame 0, then frame 3 (1 and 2 lost), then the worker sends nothing more."""
+    start = aligned_start()
+    runtime.on_message(b"w-1", encode(frame("w-1", start)), 0, 0)
+    runtime.on_message(b"w-1", encode(frame("w-1", start + timedelta(seconds=3))), 0, 1)
+    assert runtime.counters.frames_applied == 1  # frame 3 waits for the gap to fill
+    return start
+
+
+def test_buffered_frames_of_a_worker_that_stops_sending_are_released_after_the_lateness() -> None:
+    clock = FakeMonotonic()
+    engine = ExposureEngine(load_thresholds("default"), window_s=10)
+    runtime = Runtime(engine, RuntimeConfig(allowed_lateness_s=5.0), load=nothing_stored, monotonic=clock)
+    start = gap_then_silence(runtime)
+    dirty, _ = runtime.snapshot()  # a checkpoint persists the record with frame 3 still buffered
+    assert list(dirty) == ["w-1"]
+    assert runtime.counters.frames_applied == 1
+    clock.now += 4.0
+    dirty, lines = runtime.snapshot()
+    assert not dirty and not lines  # within the lateness: the gap may still fill
+    clock.now += 2.0
+    dirty, lines = runtime.snapshot()  # no frame since: only the wall-clock wait releases frame 3
+    assert runtime.counters.frames_applied == 2
+    assert not runtime.records["w-1"].buffer
+    assert dirty["w-1"].last_offset == 1  # persisted with the released frame in its state
+    assert frames_stored(lines) == {("w-1", str(int(start.timestamp()))): 2}
+    assert runtime.snapshot() == ({}, [])  # released once, and nothing left to check
+
+
+def test_a_restored_buffer_is_released_after_a_restart_without_new_frames() -> None:
+    clock = FakeMonotonic()
+    engine = ExposureEngine(load_thresholds("default"), window_s=10)
+    config = RuntimeConfig(allowed_lateness_s=5.0)
+    runtime = Runtime(engine, config, load=nothing_stored, monotonic=clock)
+    start = gap_then_silence(runtime)
+    dirty, _ = runtime.snapshot()
+    # the instance dies; the next one restores the table (frame 3 in the record's buffer) and the
+    # broker has nothing after the committed offset for this worker
+    table = {w: WorkerRecord.from_bytes(r.to_bytes()) for w, r in dirty.items()}
+    assert len(table["w-1"].buffer) == 1
+    restarted = Runtime(engine, config, load=table.get, monotonic=clock)
+    restarted.adopt_restored(table.items())
+    clock.now += 4.0
+    assert restarted.snapshot() == ({}, [])  # the wait starts again at the restore
+    clock.now += 2.0
+    dirty, lines = restarted.snapshot()
+    assert restarted.counters.frames_applied == 1
+    assert not dirty["w-1"].buffer and dirty["w-1"].last_offset == 1
+    assert frames_stored(lines) == {("w-1", str(int(start.timestamp()))): 2}
+
+
+def test_a_restored_buffer_loaded_by_a_roster_update_is_released_too() -> None:
+    clock = FakeMonotonic()
+    engine = ExposureEngine(load_thresholds("default"), window_s=10)
+    config = RuntimeConfig(allowed_lateness_s=5.0)
+    runtime = Runtime(engine, config, load=nothing_stored, monotonic=clock)
+    gap_then_silence(runtime)
+    dirty, _ = runtime.snapshot()
+    table = {w: WorkerRecord.from_bytes(r.to_bytes()) for w, r in dirty.items()}
+    restarted = Runtime(engine, config, load=table.get, monotonic=clock)
+    restarted.set_team("w-1", "assembly")  # loads the record lazily, as a frame of the worker would
+    restarted.snapshot()
+    clock.now += 6.0
+    dirty, _ = restarted.snapshot()
+    assert restarted.counters.frames_applied == 1
+    assert dirty["w-1"].team == "assembly" and not dirty["w-1"].buffer
 
 
 def test_invalid_frames_become_dead_letters_never_exceptions() -> None:
