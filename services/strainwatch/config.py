@@ -15,7 +15,7 @@ class Settings(BaseSettings):
 
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="host:port[,host:port] of the brokers")
-    # InfluxDB: writes use /api/v2/write, reads InfluxQL on /query (DESIGN.md, Storage)
+    # InfluxDB: writes use /api/v2/write, reads InfluxQL on /query (docs/architecture.md, Storage)
     influx_url: str = "http://127.0.0.1:18086"
     influx_token: SecretStr = SecretStr("strainwatch-local-token")
     influx_org: str = "strainwatch"

@@ -30,7 +30,7 @@ SCHEMA_VERSION = 1
 # Pseudonymous identifiers: short, no spaces, no '@' (so an e-mail address cannot pass as one).
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
 
-# Physiological ranges (DOMAIN.md): samples outside them are sensor faults, rejected.
+# Physiological ranges (docs/exposure-model.md): samples outside them are sensor faults, rejected.
 SEGMENT_RANGES: dict[str, tuple[float, float]] = {
     "trunk_flexion": (-60.0, 150.0),
     "trunk_lateral": (-90.0, 90.0),

@@ -47,7 +47,7 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
         cache_logger_on_first_use=True,
     )
     # Third-party stdlib loggers (faust, aiokafka, kafka-python) stay at WARNING unless asked:
-    # faust leaves the root logger at DEBUG, which costs about 10 % of throughput (DESIGN.md).
+    # faust leaves the root logger at DEBUG, which costs about 10 % of throughput (docs/architecture.md).
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
     for name in ("faust", "mode", "aiokafka", "kafka", "urllib3", "influxdb_client"):
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))

@@ -232,7 +232,7 @@ def test_grafana_datasource_is_influxql_with_a_token_header() -> None:
     names = {k: v for k, v in ds["jsonData"].items() if k.startswith("httpHeaderName")}
     (header_key,) = [k for k, v in names.items() if v == "Authorization"]
     value = ds["secureJsonData"]["httpHeaderValue" + header_key.removeprefix("httpHeaderName")]
-    assert value == "Token ${INFLUX_TOKEN}"  # Bearer gets 401 from InfluxDB 2.x /query (DESIGN.md)
+    assert value == "Token ${INFLUX_TOKEN}"  # Bearer gets 401 from InfluxDB 2.x /query (docs/architecture.md)
     providers = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/strainwatch.yaml").read_text())
     mounts = load_compose()["services"]["grafana"]["volumes"]
     paths = {p["options"]["path"] for p in providers["providers"]}

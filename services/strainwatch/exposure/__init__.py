@@ -1,4 +1,4 @@
-"""The pure exposure model: no Kafka, faust, InfluxDB or Grafana imports here (DOMAIN.md)."""
+"""The pure exposure model: no Kafka, faust, InfluxDB or Grafana imports here (docs/exposure-model.md)."""
 
 from strainwatch.exposure.engine import (
     SEGMENT_ORDER,

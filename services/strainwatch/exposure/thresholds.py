@@ -1,4 +1,4 @@
-"""Every number of the exposure model in one versioned configuration (DOMAIN.md).
+"""Every number of the exposure model in one versioned configuration (docs/exposure-model.md).
 
 Two profiles ship: `default` and `iso11226-strict`. `load_thresholds` takes a profile name or the
 path of a JSON file with the same shape; every output names `profile@version`.

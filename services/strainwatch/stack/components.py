@@ -93,7 +93,7 @@ logger.kafka.level = info
 
 
 def start_kafka(state_dir: Path, port: int, controller_port: int) -> Proc:
-    """Apache Kafka in KRaft single-node mode, topics never auto-created (DESIGN.md)."""
+    """Apache Kafka in KRaft single-node mode, topics never auto-created (docs/architecture.md)."""
     lib = ensure_kafka_jars()
     home = state_dir / "kafka"
     data = home / "data"
