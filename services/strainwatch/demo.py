@@ -102,22 +102,69 @@ def verdict(accounting: Accounting, timeout_s: float = ACCOUNT_TIMEOUT_S) -> Non
         )
 
 
-def _dead_letter_offsets(bootstrap: str) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
+class DeadLetterCounter:
+    """Counts the records that reach the dead-letter topic after it was created, by reading them.
 
-    from strainwatch.topics import POSTURE_DEADLETTER
+    Not from end offsets: Tansu's end offset is the last record *batch*'s base offset + 1 (three
+    batches of 5 records end at 11, while the records take offsets 0..14), so a difference of end
+    offsets undercounts whenever batches hold more than one record. Record offsets are exact on
+    both brokers, and so is a consumer's position after it read them.
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    try:
-        partitions = consumer.partitions_for_topic(POSTURE_DEADLETTER.name) or set()
-        tps = [TopicPartition(POSTURE_DEADLETTER.name, p) for p in partitions]
-        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
-    finally:
-        consumer.close()
+    A consumer without a group, assigned every partition, first reads from one before the listed
+    end to where the topic really ends now (on Tansu, the rest of the last batch) without counting.
+    "Caught up" means position >= listed end: on Tansu that end is the last batch's first offset
+    + 1, and a fetch returns whole batches, which one poll hands over entirely (max_poll_records is
+    large), so a position past it has read the last batch to its end. (Checked on Tansu: batches of
+    5, 3 and 7 records list end 9; reading from any offset returns the records up to 14.)
+    """
 
+    def __init__(self, bootstrap: str, topic: str | None = None, *, catch_up_s: float = 10.0) -> None:
+        from kafka import KafkaConsumer, TopicPartition
 
-def _count_new(before: dict[int, int], after: dict[int, int]) -> int:
-    return sum(after.get(p, 0) - before.get(p, 0) for p in after)
+        from strainwatch.topics import POSTURE_DEADLETTER
+
+        name = topic or POSTURE_DEADLETTER.name
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            max_poll_records=1_000_000,
+        )
+        self._catch_up_s = catch_up_s
+        self.count = 0
+        try:
+            partitions = self._consumer.partitions_for_topic(name) or set()
+            self._tps = [TopicPartition(name, p) for p in sorted(partitions)]
+            self._consumer.assign(self._tps)
+            begins = self._consumer.beginning_offsets(self._tps)
+            for tp, end in self._consumer.end_offsets(self._tps).items():
+                self._consumer.seek(tp, max(end - 1, begins[tp]))
+            if not self._read(time.monotonic() + catch_up_s):
+                raise TimeoutError(f"could not read to the end of {name} within {catch_up_s:g} s")
+        except BaseException:
+            self._consumer.close()
+            raise
+        self.count = 0  # records before the run are not the demo's
+
+    def read(self) -> int:
+        """Read what arrived since the last call; returns the total counted so far. Stops after
+        catch_up_s even if not caught up (the next call goes on from there)."""
+        self._read(time.monotonic() + self._catch_up_s)
+        return self.count
+
+    def _read(self, deadline: float) -> bool:
+        consumer = self._consumer
+        ends = consumer.end_offsets(self._tps)
+        while any(consumer.position(tp) < ends[tp] for tp in self._tps):
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                return False
+            for records in consumer.poll(timeout_ms=min(remaining_ms, 500)).values():
+                self.count += len(records)
+        return True
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 def run_demo(
@@ -140,7 +187,7 @@ def run_demo(
 
     run_at = datetime.now(UTC).replace(microsecond=0)
     site = f"demo-{run_at:%Y%m%d%H%M%S}"
-    dlq_before = _dead_letter_offsets(stack_cfg.bootstrap)
+    dead_letters = DeadLetterCounter(stack_cfg.bootstrap)  # from where the topic ends now
 
     console.rule("2/5 processor")
     log_path = Path(stack_cfg.state_dir) / "logs" / "processor.log"
@@ -207,7 +254,7 @@ def run_demo(
                 processed = int(ql.scalar(influxql.exposure_field_sum("frames", where)))
             except InfluxQLError:
                 processed = 0
-            return processed, _count_new(dlq_before, _dead_letter_offsets(stack_cfg.bootstrap))
+            return processed, dead_letters.read()
 
         accounting = await_accounting(poll, valid, invalid)
         summary = _summary(ql, where, site)
@@ -217,6 +264,7 @@ def run_demo(
             processor.wait(40)
         except subprocess.TimeoutExpired:
             processor.kill()
+        dead_letters.close()
     by_reason = Counter(backfill.by_reason) + Counter(live.by_reason)
     processed, dead = accounting.processed, accounting.dead_lettered
     _print_summary(summary, produced, processed, dead, by_reason, site)
