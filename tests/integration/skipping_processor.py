@@ -1,6 +1,7 @@
 """`strainwatch processor` whose faust stream skips posture events, as faust does by itself at
-start-up, after a generation change or while flow control is off, but deterministically: every
-event whose offset is 3 modulo 7 never reaches the agent (on every delivery, restarts included).
+start-up, after a generation change or while flow control is off, but deterministically: offsets
+40 to 59 of every partition (a burst, as at start-up) and every offset that is 3 modulo 101 never
+reach the agent, on every delivery, restarts included.
 
 The processor must notice each hole at the next event of the partition, or when faust goes quiet,
 and read the skipped offsets from the broker. Run as a script by the fault tests.
@@ -15,7 +16,10 @@ import faust.streams
 
 from strainwatch.topics import POSTURE_EVENTS
 
-SKIP_MODULUS, SKIP_REMAINDER = 7, 3
+
+def skipped(offset: int) -> bool:
+    return 40 <= offset < 60 or offset % 101 == 3
+
 
 _events = faust.streams.Stream.events
 
@@ -23,7 +27,7 @@ _events = faust.streams.Stream.events
 async def _skipping_events(self: Any) -> AsyncIterator[Any]:
     async for event in _events(self):
         message = event.message
-        if message.topic == POSTURE_EVENTS.name and message.offset % SKIP_MODULUS == SKIP_REMAINDER:
+        if message.topic == POSTURE_EVENTS.name and skipped(message.offset):
             continue
         yield event
 
@@ -31,6 +35,9 @@ async def _skipping_events(self: Any) -> AsyncIterator[Any]:
 faust.streams.Stream.events = _skipping_events  # type: ignore[method-assign]
 
 if __name__ == "__main__":
-    from strainwatch.processor.cli import run_processor
+    import sys
 
-    run_processor()
+    from strainwatch.cli import main
+
+    sys.argv = ["strainwatch", "processor"]  # the real command: version check, logging, worker
+    main()

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from strainwatch.processor.broker_reads import RangeAbandoned, read_range, start_positions
+from strainwatch.processor.broker_reads import RangeAbandoned, RangeReader, start_positions
 from strainwatch.topics import POSTURE_EVENTS
 from tests.integration.conftest import Broker
 
@@ -51,21 +51,30 @@ async def _produce_with_a_transaction_marker(bootstrap: str) -> list[int]:
     return offsets
 
 
-async def _read(bootstrap: str, first: int, end: int) -> list[int]:
-    async def collect() -> list[int]:
-        return [r.offset async for r in read_range(bootstrap, TOPIC, 0, first, end, still_owned=lambda: True)]
+async def _reads(bootstrap: str, ranges: list[tuple[int, int]]) -> list[list[int]]:
+    """Several ranges through one reader, as the processor reads successive holes."""
+    reader = RangeReader(bootstrap, TOPIC)
 
-    # the defect this guards against was a read that never ended: bound it
-    return await asyncio.wait_for(collect(), timeout=30)
+    async def collect(first: int, end: int) -> list[int]:
+        return [r.offset async for r in reader.read(0, first, end, still_owned=lambda: True)]
+
+    try:
+        # the defect this guards against was a read that never ended: bound it
+        return [await asyncio.wait_for(collect(first, end), timeout=30) for first, end in ranges]
+    finally:
+        await reader.close()
 
 
 def test_a_range_ending_on_an_absent_offset_ends(kafka: Broker) -> None:
     offsets = asyncio.run(_produce_with_a_transaction_marker(kafka.bootstrap))
     assert offsets[:3] == [0, 1, 2] and offsets[3] == 4, "offset 3 is the transaction's commit marker"
     # [0, 4): the last offset of the range is the marker, which no record carries
-    assert asyncio.run(_read(kafka.bootstrap, 0, 4)) == [0, 1, 2]
-    assert asyncio.run(_read(kafka.bootstrap, 2, 6)) == [2, 4, 5]
-    assert asyncio.run(_read(kafka.bootstrap, 3, 5)) == [4]
+    assert asyncio.run(_reads(kafka.bootstrap, [(0, 4), (2, 6), (3, 5), (0, 2)])) == [
+        [0, 1, 2],
+        [2, 4, 5],
+        [4],
+        [0, 1],
+    ]
 
 
 def test_a_range_of_a_revoked_partition_is_abandoned(kafka: Broker) -> None:
@@ -74,12 +83,16 @@ def test_a_range_of_a_revoked_partition_is_abandoned(kafka: Broker) -> None:
     async def read_revoked(owned_checks: int) -> list[int]:
         """Revoked after `owned_checks` ownership checks; returns what was read until then."""
         checks = iter(range(owned_checks))
+        reader = RangeReader(kafka.bootstrap, TOPIC)
         read = []
-        with pytest.raises(RangeAbandoned):
-            async for record in read_range(
-                kafka.bootstrap, TOPIC, 0, 0, 10_000, still_owned=lambda: next(checks, None) is not None
-            ):
-                read.append(record.offset)
+        try:
+            with pytest.raises(RangeAbandoned):
+                async for record in reader.read(
+                    0, 0, 10_000, still_owned=lambda: next(checks, None) is not None
+                ):
+                    read.append(record.offset)
+        finally:
+            await reader.close()
         return read
 
     assert asyncio.run(read_revoked(0)) == []  # revoked before the read started

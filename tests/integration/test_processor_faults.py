@@ -80,7 +80,7 @@ def test_kill_9_mid_stream_gives_the_same_results(
     assert reference_alerts, "the workload should raise alerts"
     assert all_points(crashed, "break_alert") == reference_alerts
 
-    # Again with a faust stream that skips one event in seven (tests/integration/skipping_processor.py),
+    # Again with a faust stream that skips events (tests/integration/skipping_processor.py),
     # killed mid-stream while holes are being found and read: still the reference's results.
     skipped_db = influx.new_database()
     skipped = influx.ql(skipped_db)

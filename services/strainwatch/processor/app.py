@@ -29,7 +29,7 @@ from strainwatch.config import Settings
 from strainwatch.events import RosterEntry
 from strainwatch.exposure import ExposureEngine, load_thresholds
 from strainwatch.logs import RateLimitedLog
-from strainwatch.processor.broker_reads import RangeAbandoned, read_range, start_positions
+from strainwatch.processor.broker_reads import RangeAbandoned, RangeReader, start_positions
 from strainwatch.processor.checkpoint import Checkpointer
 from strainwatch.processor.positions import PartitionPositions
 from strainwatch.processor.record import WorkerRecord
@@ -158,6 +158,7 @@ class Processor:
             settings.influx_bucket,
         )
         self.positions = PartitionPositions()
+        self.ranges = RangeReader(settings.kafka_bootstrap, POSTURE_EVENTS.name)
         self.checkpointer = Checkpointer(
             self.runtime,
             self.positions,
@@ -258,13 +259,8 @@ class Processor:
         generation = self._generation
         runtime, positions = self.runtime, self.positions
         try:
-            async for record in read_range(
-                self.settings.kafka_bootstrap,
-                POSTURE_EVENTS.name,
-                partition,
-                first,
-                end,
-                still_owned=lambda: self._generation == generation,
+            async for record in self.ranges.read(
+                partition, first, end, still_owned=lambda: self._generation == generation
             ):
                 runtime.on_message(record.key, record.value, partition, record.offset)
                 positions.advance(partition, record.offset + 1)
@@ -408,3 +404,4 @@ class Processor:
             log.warning("final checkpoint incomplete; unacked frames replay on restart", error=repr(error))
         finally:
             await self.sink.close()
+            await self.ranges.close()

@@ -57,45 +57,62 @@ async def start_positions(bootstrap: str, group: str, topic: str, partitions: li
     return positions
 
 
-async def read_range(
-    bootstrap: str,
-    topic: str,
-    partition: int,
-    first: int,
-    end: int,
-    still_owned: Callable[[], bool],
-) -> AsyncIterator[Any]:
-    """Yield the records of offsets [first, end) of one partition, in order.
+class RangeReader:
+    """Reads ranges of offsets faust skipped, with one group-less consumer kept between reads (a
+    consumer per read cost about 100 ms; skips come in bursts, one read per burst)."""
 
-    Ends when the consumer's position reaches `end`, not when `end - first` records have come:
-    offsets can be absent (compaction, retention, transaction markers), and counting records would
-    then wait forever. Raises RangeAbandoned if the partition is revoked meanwhile.
-    """
-    if not still_owned():
-        raise RangeAbandoned(f"partition {partition} revoked before reading [{first}, {end})")
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        # an offset already deleted by retention resumes at the log start, never at the end
-        auto_offset_reset="earliest",
-    )
-    await reader.start()
-    try:
-        part = TopicPartition(topic, partition)
-        reader.assign([part])
-        reader.seek(part, first)
-        while True:
-            batches = await reader.getmany(part, timeout_ms=1_000, max_records=2_000)
-            for record in batches.get(part, []):
-                if record.offset >= end:
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self._reader: AIOKafkaConsumer | None = None
+
+    async def _consumer(self) -> AIOKafkaConsumer:
+        if self._reader is None:
+            reader = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                # an offset already deleted by retention resumes at the log start, never at the end
+                auto_offset_reset="earliest",
+            )
+            await reader.start()
+            self._reader = reader
+        return self._reader
+
+    async def read(
+        self, partition: int, first: int, end: int, still_owned: Callable[[], bool]
+    ) -> AsyncIterator[Any]:
+        """Yield the records of offsets [first, end) of one partition, in order.
+
+        Ends when the consumer's position reaches `end`, not when `end - first` records have come:
+        offsets can be absent (compaction, retention, transaction markers), and counting records
+        would then wait forever. Raises RangeAbandoned if the partition is revoked meanwhile.
+        """
+        if not still_owned():
+            raise RangeAbandoned(f"partition {partition} revoked before reading [{first}, {end})")
+        try:
+            reader = await self._consumer()
+            part = TopicPartition(self.topic, partition)
+            reader.assign([part])
+            reader.seek(part, first)
+            while True:
+                batches = await reader.getmany(part, timeout_ms=1_000, max_records=2_000)
+                for record in batches.get(part, []):
+                    if record.offset >= end:
+                        return
+                    if record.offset >= first:
+                        yield record
+                if await reader.position(part) >= end:
                     return
-                if record.offset >= first:
-                    yield record
-            if await reader.position(part) >= end:
-                return
-            # checked after a fetch: aiokafka's stop() right after assign() raised CancelledError
-            if not still_owned():
-                raise RangeAbandoned(f"partition {partition} revoked while reading [{first}, {end})")
-    finally:
-        await reader.stop()
+                if not still_owned():
+                    raise RangeAbandoned(f"partition {partition} revoked while reading [{first}, {end})")
+        except (RangeAbandoned, GeneratorExit):
+            raise
+        except BaseException:
+            await self.close()  # a broken consumer is not reused
+            raise
+
+    async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.stop()
