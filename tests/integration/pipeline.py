@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from strainwatch.storage.influxql import InfluxQL
 from strainwatch.topics import POSTURE_EVENTS
@@ -85,7 +86,10 @@ def committed_behind(bootstrap: str, group: str) -> dict[int, int]:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap)
     try:
-        committed = admin.list_group_offsets({group: None}).get(group, {})  # kafka-python 3.0 name
+        try:
+            committed = admin.list_group_offsets({group: None}).get(group, {})  # kafka-python 3.0 name
+        except KafkaError:  # the group's coordinator is not up yet: nothing committed so far
+            committed = {}
         partitions = consumer.partitions_for_topic(POSTURE_EVENTS.name) or set()
         tps = [TopicPartition(POSTURE_EVENTS.name, p) for p in sorted(partitions)]
         ends = consumer.end_offsets(tps)

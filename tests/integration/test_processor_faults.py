@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,16 @@ import pytest
 
 from strainwatch.storage.influxql import InfluxQL
 from tests.integration.conftest import Broker, Influx, processor_env
-from tests.integration.pipeline import all_points, log_events, produce, stored_frames, window_diff, workload
-from tests.support import wait_for
+from tests.integration.pipeline import (
+    all_points,
+    committed_behind,
+    log_events,
+    produce,
+    stored_frames,
+    window_diff,
+    workload,
+)
+from tests.support import aligned_start, encode, frame, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -148,9 +157,14 @@ def test_sigterm_flushes_and_restart_adds_nothing_twice(
     assert first.terminate(timeout_s=30) == 0, first.log()
     assert time.monotonic() - started < 30
     assert "processor stopped cleanly" in first.log()
-    run_to_completion(run_processor, env, ql, total)
+    second = run_to_completion(run_processor, env, ql, total)
     assert stored_frames(ql) == total
     assert ql.scalar('SELECT SUM("samples_arm_elevation_right") FROM "exposure"') == total * 10
+    # the first instance committed all it had consumed before it stopped: nothing is replayed, and
+    # after the second's SIGTERM the group's offsets stand at the log end
+    stopped = log_events(second.full_log(), "processor stopped cleanly")
+    assert stopped and stopped[-1]["replayed"] == 0, second.log()
+    assert not any(committed_behind(kafka.bootstrap, env["STRAINWATCH_PROCESSOR_GROUP"]).values())
 
 
 def test_sigterm_with_the_broker_gone_still_stops_within_30_s(
@@ -168,3 +182,37 @@ def test_sigterm_with_the_broker_gone_still_stops_within_30_s(
     started = time.monotonic()
     proc.terminate(timeout_s=30)
     assert time.monotonic() - started < 30
+
+
+def test_frames_buffered_before_a_kill_are_scored_after_the_restart(
+    kafka: Broker, influx: Influx, run_processor: Any, tmp_path: Path
+) -> None:
+    """A worker's last frame arrives after a gap that never fills, and the worker sends nothing
+    more: the frame waits in the reorder buffer (persisted with the record) until the lateness has
+    passed. A kill -9 meanwhile must not strand it: the restarted instance scores it too."""
+    start = aligned_start(hours_ago=1)
+    messages = [(b"w-gap", encode(frame("w-gap", start + timedelta(seconds=s)))) for s in [*range(10), 11]]
+    produce(kafka.bootstrap, messages)
+    database = influx.new_database()
+    ql = influx.ql(database)
+    env = processor_env(kafka, influx, database, tmp_path / "state", STRAINWATCH_ALLOWED_LATENESS_S="15")
+    first = run_processor(env)
+    # frames 0-9 stored and the record (with frame 11 in its buffer) checkpointed and committed
+    wait_for(
+        lambda: (
+            (first.running() or pytest.fail(first.log()))
+            and not any(committed_behind(kafka.bootstrap, env["STRAINWATCH_PROCESSOR_GROUP"]).values())
+            and stored_frames(ql) == 10
+        ),
+        timeout_s=60,
+        what="ten frames stored and every offset committed",
+    )
+    first.kill9()
+    assert stored_frames(ql) == 10, "frame 11 must still be waiting for the gap"
+    second = run_processor(env)
+    wait_for(
+        lambda: (second.running() or pytest.fail(second.log())) and stored_frames(ql) == 11,
+        timeout_s=90,
+        what="the buffered frame scored after the restart",
+    )
+    assert second.terminate() == 0, second.log()

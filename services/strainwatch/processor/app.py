@@ -131,6 +131,7 @@ class Processor:
             # partition, so table and source stay co-partitioned
             use_partitioner=True,
         )
+        self.table.on_recover(self._on_table_recovered)
         self.roster_topic = self.app.topic(ROSTER.name, key_serializer="raw", value_serializer="raw")
         # roster.v1 is keyed by worker id with the posture topic's partition count, so the instance
         # that scores a worker also owns its roster entry; the table survives restarts
@@ -173,7 +174,6 @@ class Processor:
         self._partition_locks: dict[int, asyncio.Lock] = {}
         self._frames_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
-        self._last_sweep = time.monotonic()
         self._last_delivery = time.monotonic()
         self.hole_frames = 0  # frames faust skipped that were read from the broker instead
         self._stopping = False
@@ -184,6 +184,17 @@ class Processor:
     def _load(self, worker: str) -> WorkerRecord | None:
         value = self.table.get(worker.encode())
         return value if isinstance(value, WorkerRecord) else None
+
+    async def _on_table_recovered(self) -> None:
+        """Workers restored with frames in their reorder buffer may never send again: hand them to
+        the runtime, which releases the buffer once the lateness has passed (only records of
+        partitions this instance owns: the table may still hold others' until faust drops them)."""
+        assigned = self._assigned
+        self.runtime.adopt_restored(
+            (key.decode(), value)
+            for key, value in list(self.table.data.items())
+            if isinstance(value, WorkerRecord) and value.buffer and value.partition in assigned
+        )
 
     def _team_of(self, worker: str) -> str | None:
         team = self.roster.get(worker.encode())
@@ -275,9 +286,8 @@ class Processor:
     async def _sweep_when_quiet(self) -> None:
         """Catch up partitions whose log goes on past their position once faust is quiet (QUIET_S)."""
         now = time.monotonic()
-        if min(now - self._last_sweep, now - self._last_delivery, now - self._assigned_at) < QUIET_S:
+        if min(now - self._last_delivery, now - self._assigned_at) < QUIET_S:
             return
-        self._last_sweep = now
         await self._ensure_started(sorted(self._assigned))
         owned = self.positions.owned()
         if not owned:
@@ -351,11 +361,18 @@ class Processor:
         async def tick() -> None:
             if self._stopping:
                 return
+            runtime = self.runtime
             if time.monotonic() - self._last_checkpoint >= interval and (
-                self.runtime.dirty or self.positions.uncommitted() or self.runtime.out
+                runtime.dirty or self.positions.uncommitted() or runtime.out or runtime.waiting
             ):
                 await self.checkpoint("timer")
-            await self._sweep_when_quiet()
+
+        # its own timer: a look at the log ends waits on faust's consumer thread (up to its 1 s
+        # fetch), which must not hold up the checkpoint timer
+        @app.timer(interval=QUIET_S)
+        async def sweep() -> None:
+            if not self._stopping:
+                await self._sweep_when_quiet()
 
         @app.on_partitions_assigned.connect
         async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:

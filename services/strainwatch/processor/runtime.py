@@ -217,6 +217,11 @@ class Runtime:
             record.buffered_since = self._monotonic()
             self._buffered.add(worker)
 
+    @property
+    def waiting(self) -> bool:
+        """Some worker has frames in its reorder buffer: a snapshot may release them (lateness)."""
+        return bool(self._buffered)
+
     def adopt_restored(self, records: Iterable[tuple[str, WorkerRecord]]) -> None:
         """Records restored from the table (after a restart or rebalance) whose reorder buffer holds
         frames: the worker may never send again, so without this nothing would load the record and
