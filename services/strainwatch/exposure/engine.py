@@ -74,6 +74,62 @@ _NG_V2 = 9  # version 2 had no sample clock
 DOSE_SLACK = 1e-6
 
 
+class _Slot:
+    """One named slot of a segment block: `view.dose` is `slots[base + DOSE]`."""
+
+    __slots__ = ("offset",)
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def __get__(self, view: SegmentSlots, owner: object = None) -> float:
+        return view.slots[view.base + self.offset]
+
+    def __set__(self, view: SegmentSlots, value: float) -> None:
+        view.slots[view.base + self.offset] = value
+
+
+class SegmentSlots:
+    """A named view of one segment's block of a WorkerState.
+
+    Used everywhere but the per-sample loop of `ExposureEngine._chunk`, which keeps the block's
+    slots in local variables (a property call per sample would cost measurable speed there).
+    """
+
+    __slots__ = ("base", "slots")
+
+    def __init__(self, slots: array[float], index: int) -> None:
+        self.slots = slots
+        self.base = NG + index * NS
+
+    dose = _Slot(DOSE)
+    hold_active = _Slot(ACTIVE)
+    hold_start = _Slot(H_START)
+    hold_angle_sum = _Slot(H_SUM)
+    hold_samples = _Slot(H_N)
+    hold_last_in = _Slot(H_LAST_IN)
+    last_nudge = _Slot(LAST_NUDGE)
+    last_entry = _Slot(LAST_ENTRY)
+    last_out = _Slot(LAST_OUT)
+    window_samples = _Slot(W_SAMPLES)
+    window_acceptable_s = _Slot(W_ACC)
+    window_conditional_s = _Slot(W_COND)
+    window_not_acceptable_s = _Slot(W_NA)
+    window_longest_hold_s = _Slot(W_LONGEST)
+
+    @property
+    def hold_mean(self) -> float:
+        return self.hold_angle_sum / self.hold_samples
+
+    def window_cutpoint_s(self, k: int) -> float:
+        return self.slots[self.base + W_CUT0 + k]
+
+    def clear_window(self) -> None:
+        """Zero the open window's aggregates (W_SAMPLES..W_LONGEST)."""
+        for slot in range(W_SAMPLES, W_LONGEST + 1):
+            self.slots[self.base + slot] = 0.0
+
+
 def _r(value: float) -> float:
     """Outputs are rounded to the microsecond: sums of 1/rate steps carry float noise (9.999999…)."""
     return round(value, 6)
@@ -81,10 +137,10 @@ def _r(value: float) -> float:
 
 def _init_block(slots: array[float], index: int) -> None:
     """A fresh segment block: no dose, no hold, never nudged, never entered a zone."""
-    base = NG + index * NS
-    slots[base + LAST_NUDGE] = NEVER
-    slots[base + LAST_ENTRY] = NEVER
-    slots[base + LAST_OUT] = NEVER
+    block = SegmentSlots(slots, index)
+    block.last_nudge = NEVER
+    block.last_entry = NEVER
+    block.last_out = NEVER
 
 
 def _absent_dose(s: array[float], present: Sequence[tuple[_Segment, object]]) -> float:
@@ -169,9 +225,13 @@ class WorkerState:
         """Event time just after the last processed sample; -inf before the first."""
         return self.slots[G_END]
 
+    def segment(self, index: int) -> SegmentSlots:
+        """Segment `index` of SEGMENT_ORDER, by slot name."""
+        return SegmentSlots(self.slots, index)
+
     def dose(self, segment: str) -> float:
         index = SEGMENT_ORDER.index(segment)
-        return self.slots[NG + index * NS + DOSE] if index < self.segments else 0.0
+        return self.segment(index).dose if index < self.segments else 0.0
 
     def to_bytes(self) -> bytes:
         return bytes([_STATE_VERSION]) + self.slots.tobytes()
@@ -559,7 +619,7 @@ class ExposureEngine:
             for index, name in enumerate(SEGMENT_ORDER[: (len(s) - NG) // NS]):
                 if index not in present_indexes:
                     region = self._segments[name].region
-                    by_region[region] = by_region.get(region, 0.0) + s[NG + index * NS + DOSE]
+                    by_region[region] = by_region.get(region, 0.0) + state.segment(index).dose
             region = max(sorted(by_region), key=lambda r: by_region[r])
             top = max(
                 (
@@ -592,15 +652,20 @@ class ExposureEngine:
         s = state.slots
         th = self.thresholds
         factor = 0.5 ** (gap_s / th.recovery_half_life_s)
-        for seg in self._by_index[: (len(s) - NG) // NS]:
-            b = NG + seg.index * NS
-            s[b + DOSE] *= factor
-            if s[b + ACTIVE] and gap_s >= th.hold_hysteresis_s - 1e-3 * s[G_DT]:
-                mean = s[b + H_SUM] / s[b + H_N]
+        for seg in self._by_index[: state.segments]:
+            block = state.segment(seg.index)
+            block.dose *= factor
+            if block.hold_active and gap_s >= th.hold_hysteresis_s - 1e-3 * s[G_DT]:
                 self._end_hold(
-                    seg, s, s[b + H_START], s[b + H_LAST_IN] + s[G_DT], mean, th.not_acceptable_limit_s, out
+                    seg,
+                    s,
+                    block.hold_start,
+                    block.hold_last_in + s[G_DT],
+                    block.hold_mean,
+                    th.not_acceptable_limit_s,
+                    out,
                 )
-                s[b + ACTIVE] = 0.0
+                block.hold_active = 0.0
 
     # --- windows -----------------------------------------------------------------------------
 
@@ -612,20 +677,20 @@ class ExposureEngine:
         longest: dict[str, float] = {}
         dose: dict[str, float] = {}
         upper_back = 0.0
-        for seg in self._by_index[: (len(s) - NG) // NS]:
-            b = NG + seg.index * NS
-            upper_back += s[b + DOSE]
-            if not s[b + W_SAMPLES]:
+        for seg in self._by_index[: state.segments]:
+            block = state.segment(seg.index)
+            upper_back += block.dose
+            if not block.window_samples:
                 continue
-            samples[seg.name] = int(s[b + W_SAMPLES])
+            samples[seg.name] = int(block.window_samples)
             zone_s[seg.name] = {
-                "acceptable": s[b + W_ACC],
-                "conditional": s[b + W_COND],
-                "not_acceptable": s[b + W_NA],
+                "acceptable": block.window_acceptable_s,
+                "conditional": block.window_conditional_s,
+                "not_acceptable": block.window_not_acceptable_s,
             }
-            cut_s[seg.name] = {name: s[b + W_CUT0 + k] for k, name in enumerate(seg.cut_names)}
-            longest[seg.name] = s[b + W_LONGEST]
-            dose[seg.name] = s[b + DOSE]
+            cut_s[seg.name] = {name: block.window_cutpoint_s(k) for k, name in enumerate(seg.cut_names)}
+            longest[seg.name] = block.window_longest_hold_s
+            dose[seg.name] = block.dose
         dose["upper_back"] = upper_back
         return WindowAggregate(
             window_start_s=int(s[G_WIN]),
@@ -647,10 +712,8 @@ class ExposureEngine:
         s[G_FRAMES] = 0.0
         s[G_WEAR] = 0.0
         s[G_VIOL] = 0.0
-        for index in range((len(s) - NG) // NS):
-            b = NG + index * NS
-            for slot in range(W_SAMPLES, W_LONGEST + 1):
-                s[b + slot] = 0.0
+        for index in range(state.segments):
+            state.segment(index).clear_window()
         s[G_WIN] = NEVER
         return aggregate
 
@@ -669,14 +732,19 @@ class ExposureEngine:
         s = state.slots
         out = FrameOutcome()
         th = self.thresholds
-        for seg in self._by_index[: (len(s) - NG) // NS]:
-            b = NG + seg.index * NS
-            if s[b + ACTIVE]:
-                mean = s[b + H_SUM] / s[b + H_N]
+        for seg in self._by_index[: state.segments]:
+            block = state.segment(seg.index)
+            if block.hold_active:
                 self._end_hold(
-                    seg, s, s[b + H_START], s[b + H_LAST_IN] + s[G_DT], mean, th.not_acceptable_limit_s, out
+                    seg,
+                    s,
+                    block.hold_start,
+                    block.hold_last_in + s[G_DT],
+                    block.hold_mean,
+                    th.not_acceptable_limit_s,
+                    out,
                 )
-                s[b + ACTIVE] = 0.0
+                block.hold_active = 0.0
         if s[G_WIN] != NEVER:
             out.closed.append(self._close_window(state))
         return out
