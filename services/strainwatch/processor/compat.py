@@ -1,7 +1,7 @@
 """Start-up check that the processor runs on the library versions it was tested with.
 
 The processor relies on private internals of faust-streaming and the libraries under it (the
-consumer's ack bookkeeping and offset gap tree, `Consumer._commit`, a table's `data`, changelog
+`acks_enabled_for` guard on both ack paths, `Consumer._commit`, a table's `data`, changelog
 topic and recovery order, the worker's signal hooks; tests/unit/processor/test_faust_surfaces.py
 pins each). None of that is API, so a version nobody tested must fail at start-up, not in production.
 """

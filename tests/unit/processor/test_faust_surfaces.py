@@ -201,21 +201,6 @@ def test_drain_messages_adds_offset_gaps_only_for_acking_topics() -> None:
     run(main())
 
 
-def test_gap_tree_intervals_count_as_done_when_faust_computes_its_commit_offset() -> None:
-    # processor/app.py (as of this writing) releases recovered holes with consumer._gap[tp].addi;
-    # faust consults the tree only for topics it acks, so drop this once nothing writes _gap
-    async def main() -> None:
-        app = await indexed_app()
-        consumer = app.consumer
-        tp = TP(ACKING, 0)
-        for offset in (0, 1, 2, 8):
-            consumer.ack(message(ACKING, offset))
-        consumer._gap[tp].addi(3, 8)  # half-open: offsets 3..7
-        assert consumer._new_offset(tp) == 9
-
-    run(main())
-
-
 # --- b. Consumer._commit(offsets): the processor commits the posture topic itself ---------------
 
 
@@ -527,10 +512,25 @@ def test_aiokafka_consumer_signatures_used_for_range_reads_and_offset_fetches() 
         ("max_records", inspect.Parameter.KEYWORD_ONLY),
     ]
     assert params("position") == [("partition", positional)]
-    assert params("committed") == [("partition", positional)]
     assert params("beginning_offsets") == [("partitions", positional)]
-    for name in ("getmany", "position", "committed", "beginning_offsets", "start", "stop"):
+    for name in ("getmany", "position", "beginning_offsets", "start", "stop"):
         assert inspect.iscoroutinefunction(getattr(consumer, name)), name
     for name in ("assign", "seek"):
         assert not inspect.iscoroutinefunction(getattr(consumer, name)), name
     assert TopicPartition("t", 3) == ("t", 3) and TopicPartition("t", 3).partition == 3
+
+
+def test_admin_offset_fetch_and_faust_highwaters_signatures() -> None:
+    """The group's committed offsets come from an admin OffsetFetch (a consumer's committed() needs
+    a subscription); the quiet sweep asks faust's consumer for the log ends."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    fetch = AIOKafkaAdminClient.list_consumer_group_offsets
+    assert inspect.iscoroutinefunction(fetch)
+    assert list(inspect.signature(fetch).parameters)[:2] == ["self", "group_id"]
+    assert "partitions" in inspect.signature(fetch).parameters
+    highwaters = faust_aiokafka.Consumer.highwaters
+    assert inspect.iscoroutinefunction(highwaters)
+    assert [p.kind for p in inspect.signature(highwaters).parameters.values()][1:] == [
+        inspect.Parameter.VAR_POSITIONAL
+    ]
