@@ -647,6 +647,15 @@ class ExposureEngine:
             out.violations.append(Violation(seg.name, start, duration, mean))
             s[G_VIOL] += 1
 
+    def _stop_hold(self, seg: _Segment, block: SegmentSlots, s: array[float], out: FrameOutcome) -> None:
+        """End a hold in progress outside the sample loop (a gap in the data, or the end of input):
+        it lasted until its last sample within tolerance."""
+        end = block.hold_last_in + s[G_DT]
+        self._end_hold(
+            seg, s, block.hold_start, end, block.hold_mean, self.thresholds.not_acceptable_limit_s, out
+        )
+        block.hold_active = 0.0
+
     def _gap(self, state: WorkerState, gap_s: float, out: FrameOutcome) -> None:
         """No samples for gap_s: holds longer than the hysteresis end; dose recovers over the gap."""
         s = state.slots
@@ -656,16 +665,7 @@ class ExposureEngine:
             block = state.segment(seg.index)
             block.dose *= factor
             if block.hold_active and gap_s >= th.hold_hysteresis_s - 1e-3 * s[G_DT]:
-                self._end_hold(
-                    seg,
-                    s,
-                    block.hold_start,
-                    block.hold_last_in + s[G_DT],
-                    block.hold_mean,
-                    th.not_acceptable_limit_s,
-                    out,
-                )
-                block.hold_active = 0.0
+                self._stop_hold(seg, block, s, out)
 
     # --- windows -----------------------------------------------------------------------------
 
@@ -731,20 +731,10 @@ class ExposureEngine:
         """End of input: holds in progress end (violations), the open window closes."""
         s = state.slots
         out = FrameOutcome()
-        th = self.thresholds
         for seg in self._by_index[: state.segments]:
             block = state.segment(seg.index)
             if block.hold_active:
-                self._end_hold(
-                    seg,
-                    s,
-                    block.hold_start,
-                    block.hold_last_in + s[G_DT],
-                    block.hold_mean,
-                    th.not_acceptable_limit_s,
-                    out,
-                )
-                block.hold_active = 0.0
+                self._stop_hold(seg, block, s, out)
         if s[G_WIN] != NEVER:
             out.closed.append(self._close_window(state))
         return out
