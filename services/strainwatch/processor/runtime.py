@@ -197,7 +197,13 @@ class Runtime:
         record = self.records.get(worker)
         if record is None:
             record = self._load(worker)
-            if record is None:
+            if record is not None:
+                # a roster update consumed after the record's last checkpoint is in the roster
+                # table but not in the record: the roster wins (the open window keeps its team)
+                team = self._team_of(worker)
+                if team and team != record.team:
+                    record.team = sys.intern(team)
+            else:
                 team = self._team_of(worker)
                 record = WorkerRecord(
                     state=self.engine.new_state(),

@@ -253,3 +253,24 @@ def test_a_roster_update_mid_window_keeps_the_windows_team() -> None:
     (second,) = runtime.take_outputs().windows
     assert orjson.loads(second[1])["team"] == "packing"
     assert orjson.loads(runtime.open_window_message("w-1") or b"{}")["team"] == "packing"
+
+
+def test_a_roster_update_the_record_missed_wins_when_the_record_is_restored() -> None:
+    """The roster table has the new team, the record persisted before the update has the old one
+    (a restart between the two checkpoints): the restored worker's next windows carry the roster's
+    team, and the window that was open keeps the team its point was first written with."""
+    engine = ExposureEngine(load_thresholds("default"), window_s=10)
+    roster = {"w-1": "assembly"}
+    first = Runtime(engine, RuntimeConfig(), load=lambda worker: None, team_of=roster.get)
+    start = aligned_start()
+    for i in range(4):
+        first.on_message(b"w-1", encode(frame("w-1", start + timedelta(seconds=i))), 0, i)
+    dirty, _ = first.snapshot()
+    persisted = {w: WorkerRecord.from_bytes(r.to_bytes()) for w, r in dirty.items()}
+
+    roster["w-1"] = "packing"  # consumed by the roster agent, then the process died
+    restarted = Runtime(engine, RuntimeConfig(), load=persisted.get, team_of=roster.get)
+    for i in range(4, 21):
+        restarted.on_message(b"w-1", encode(frame("w-1", start + timedelta(seconds=i))), 0, i)
+    first_window, second_window = (orjson.loads(v)["team"] for _, v in restarted.take_outputs().windows)
+    assert (first_window, second_window) == ("assembly", "packing")
