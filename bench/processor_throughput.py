@@ -81,7 +81,7 @@ def start_infra(state: Path) -> tuple[str, str, list[Any]]:
 def produce_workload(bootstrap: str, workers: int, seconds: int) -> tuple[int, int]:
     from kafka import KafkaProducer
 
-    from strainwatch.gateway.simulator import FleetSimulator, SimConfig
+    from strainwatch.fleet.simulator import FleetSimulator, SimConfig
 
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
     # shifts=False: every worker wears the device all the time, so all of them send every second
@@ -323,7 +323,7 @@ def memory_per_worker(workers: int) -> dict[str, float]:
 
     import psutil
 
-    from strainwatch.gateway.simulator import FleetSimulator, SimConfig
+    from strainwatch.fleet.simulator import FleetSimulator, SimConfig
 
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 

@@ -29,14 +29,14 @@ def _register() -> None:
     # Each service contributes its commands from its own module.
     from strainwatch.demo import register as register_demo
     from strainwatch.exposure_cli import register as register_exposure
-    from strainwatch.gateway.cli import register as register_gateway
+    from strainwatch.fleet.cli import register as register_fleet
     from strainwatch.processor.cli import register as register_processor
     from strainwatch.schemas_cli import register as register_schemas
     from strainwatch.stack.cli import register as register_stack
 
     for register in (
         register_stack,
-        register_gateway,
+        register_fleet,
         register_processor,
         register_exposure,
         register_schemas,

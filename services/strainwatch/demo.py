@@ -170,9 +170,9 @@ class DeadLetterCounter:
 def run_demo(
     workers: int, days: float, live_s: float, invalid_rate: float, seed: int, broker: str | None
 ) -> dict[str, Any]:
-    from strainwatch.gateway.cli import paced
-    from strainwatch.gateway.producer import produce, produce_roster
-    from strainwatch.gateway.simulator import FleetSimulator, SimConfig, backfill_config
+    from strainwatch.fleet.cli import paced
+    from strainwatch.fleet.producer import produce, produce_roster
+    from strainwatch.fleet.simulator import FleetSimulator, SimConfig, backfill_config
     from strainwatch.stack.manager import Stack, StackConfig
     from strainwatch.topics import POSTURE_EVENTS, ROSTER
 
@@ -371,7 +371,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(
                 f"unknown broker {broker!r}: choose tansu or kafka", param_hint="--broker"
             )
-        from strainwatch.gateway.producer import ProduceError
+        from strainwatch.fleet.producer import ProduceError
 
         try:
             result = run_demo(workers, days, live_s, invalid_rate, seed, broker)

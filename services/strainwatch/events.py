@@ -176,26 +176,35 @@ class BreakAlert(Message):
 
 
 class DeviceCommand(Message):
-    """A command back to a wearable. Topic device.commands.v1, key worker_id."""
+    """A command back to a wearable. Topic device.commands.v1, key worker_id; the gateway sends it
+    to MQTT `devices/{device_id}/commands`. One command per alert: command_id is derived from the
+    alert id, so a redelivered command is recognisably the same one."""
 
     command_id: UUID
     worker_id: Ident
-    device_id: Ident | None = None
+    device_id: Ident
     ts: AwareDatetime
     command: Literal["haptic_nudge", "break_prompt"]
+    haptic: Literal["nudge", "break"] = Field(description="nudge: one short pulse; break: three")
     alert_id: UUID
-    message: str | None = Field(default=None, max_length=280)
+    text: str = Field(max_length=60, description="shown on the device")
+    routine_id: str | None = Field(default=None, max_length=64)
 
 
 class BreakAck(Message):
-    """What became of a break prompt. Topic alerts.ack.v1, key worker_id."""
+    """What became of a break prompt. Topic alerts.ack.v1, key worker_id.
+
+    stage `acknowledgement`: a worker acknowledged the prompt (on the device, via the gateway, or
+    on a channel); stage `outcome`: the alerting service's verdict for the prompt (taken,
+    acknowledged only, or ignored), once per alert."""
 
     alert_id: UUID
     worker_id: Ident
     site_id: Ident
     ts: AwareDatetime
+    stage: Literal["acknowledgement", "outcome"] = "acknowledgement"
     outcome: Literal["taken", "acknowledged", "ignored"]
-    source: Literal["device", "channel", "posture", "timeout"]
+    source: Literal["device", "channel", "posture", "rest", "timeout"]
 
 
 class Incident(Message):
@@ -217,6 +226,7 @@ class RosterEntry(Message):
     site_id: Ident
     team: str = Field(min_length=1, max_length=64)
     shift: str = Field(min_length=1, max_length=32)
+    device_id: Ident | None = Field(default=None, description="the wearable bound to this worker")
     scheduled_breaks: list[str] = Field(
         default_factory=list, description="local 'HH:MM-HH:MM' ranges without prompts"
     )
@@ -239,6 +249,8 @@ class DeadReason(StrEnum):
     FUTURE_TIMESTAMP = "future_timestamp"
     OVERSIZED = "oversized"
     LATE = "late"
+    UNBOUND_DEVICE = "unbound_device"  # a frame from a device no roster entry binds to a worker
+    DEVICE_WORKER_MISMATCH = "device_worker_mismatch"  # names a worker its device is not bound to
 
 
 class DeadLetter(Message):

@@ -20,7 +20,7 @@ import pytest
 
 from strainwatch.exposure.engine import ExposureEngine
 from strainwatch.exposure.thresholds import load_thresholds
-from strainwatch.gateway.simulator import FleetSimulator, SimConfig
+from strainwatch.fleet.simulator import FleetSimulator, SimConfig
 from strainwatch.processor.sink import InfluxSink
 from strainwatch.storage.measurements import break_alert_line, exposure_line
 from tests.integration.conftest import Influx

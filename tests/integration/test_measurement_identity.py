@@ -18,7 +18,7 @@ import pytest
 
 from strainwatch.exposure.engine import ExposureEngine, WindowAggregate
 from strainwatch.exposure.thresholds import load_thresholds
-from strainwatch.gateway.simulator import FleetSimulator, SimConfig
+from strainwatch.fleet.simulator import FleetSimulator, SimConfig
 from strainwatch.processor.sink import InfluxSink
 from strainwatch.storage import influxql
 from strainwatch.storage.measurements import (

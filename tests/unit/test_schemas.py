@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "schemas"
 VALID = sorted((SCHEMAS / "examples" / "valid").glob("*.json"))
 INVALID = sorted((SCHEMAS / "examples" / "invalid").glob("*.json"))
-# `late` depends on the processor's watermark, not on the frame: no example can show it.
-PROCESSOR_ONLY = {DeadReason.LATE}
+# `late` depends on the processor's watermark, and the device codes on the roster's bindings (the
+# gateway checks them), not on the frame alone: no example file can show them.
+PROCESSOR_ONLY = {DeadReason.LATE, DeadReason.UNBOUND_DEVICE, DeadReason.DEVICE_WORKER_MISMATCH}
 
 
 def expand(node: Any) -> Any:

@@ -12,8 +12,8 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from strainwatch.events import DeadReason
-from strainwatch.gateway.producer import ProduceError, produce, produce_roster
-from strainwatch.gateway.simulator import FleetSimulator, SimConfig, SimFrame
+from strainwatch.fleet.producer import ProduceError, produce, produce_roster
+from strainwatch.fleet.simulator import FleetSimulator, SimConfig, SimFrame
 from strainwatch.topics import POSTURE_EVENTS, ROSTER
 from tests.integration.conftest import Broker
 from tests.support import aligned_start, wait_for

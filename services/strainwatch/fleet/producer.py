@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from strainwatch.gateway.simulator import SimFrame
+from strainwatch.fleet.simulator import SimFrame
 
 
 class ProduceError(RuntimeError):

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import orjson
 import typer
 
-from strainwatch.gateway.simulator import SimFrame
+from strainwatch.fleet.simulator import SimFrame
 
 
 def paced(frames: Iterable[SimFrame], frame_s: float) -> Iterator[SimFrame]:
@@ -43,8 +43,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Produce realistic posture frames: task profiles, holds, shifts and breaks."""
         from strainwatch.config import get_settings
-        from strainwatch.gateway.producer import ProduceError, produce
-        from strainwatch.gateway.simulator import FleetSimulator, SimConfig, backfill_config
+        from strainwatch.fleet.producer import ProduceError, produce
+        from strainwatch.fleet.simulator import FleetSimulator, SimConfig, backfill_config
         from strainwatch.topics import POSTURE_EVENTS
 
         if frame_s * rate_hz < 1:
