@@ -191,6 +191,26 @@ class DeviceCommand(Message):
     routine_id: str | None = Field(default=None, max_length=64)
 
 
+class PromptDecision(Message):
+    """What the alerting service did with a break alert: sent (to the device and/or channels) or
+    suppressed with its reason. Topic alerts.prompts.v1, key worker_id; one per alert_id."""
+
+    alert_id: UUID
+    worker_id: Ident
+    site_id: Ident
+    team: str | None = None
+    kind: AlertKind
+    ts: AwareDatetime = Field(description="when the decision was made")
+    alert_ts: AwareDatetime = Field(description="event time of the alert (the sample that crossed the rule)")
+    segment: str
+    status: Literal["sent", "suppressed"]
+    reason: Literal["budget", "quiet_hours", "scheduled_break", "not_neutral", "duplicate"] | None = None
+    device_id: Ident | None = None
+    routine_id: str | None = Field(default=None, max_length=64)
+    channels_ok: int = Field(default=0, ge=0, description="channel messages delivered")
+    channels_failed: int = Field(default=0, ge=0)
+
+
 class BreakAck(Message):
     """What became of a break prompt. Topic alerts.ack.v1, key worker_id.
 
@@ -349,6 +369,7 @@ MESSAGE_MODELS: dict[str, type[Message]] = {
     "ExposureWindow": ExposureWindow,
     "BreakAlert": BreakAlert,
     "DeviceCommand": DeviceCommand,
+    "PromptDecision": PromptDecision,
     "BreakAck": BreakAck,
     "Incident": Incident,
     "RosterEntry": RosterEntry,

@@ -15,6 +15,7 @@ from strainwatch.events import (
     Incident,
     Message,
     PostureFrame,
+    PromptDecision,
     RosterEntry,
 )
 
@@ -95,6 +96,9 @@ ALERTS_BREAK = TopicSpec("alerts.break.v1", BreakAlert, "worker_id", "break deci
 DEVICE_COMMANDS = TopicSpec(
     "device.commands.v1", DeviceCommand, "worker_id", "commands to wearables", 1 * DAY_MS
 )
+ALERTS_PROMPTS = TopicSpec(
+    "alerts.prompts.v1", PromptDecision, "worker_id", "break prompts sent or suppressed (reason)", 90 * DAY_MS
+)
 ALERTS_ACK = TopicSpec("alerts.ack.v1", BreakAck, "worker_id", "break prompt outcomes", 90 * DAY_MS)
 INCIDENTS = TopicSpec(
     "incidents.v1", Incident, "site_id", "injury log entries", 3650 * DAY_MS, per_worker=False
@@ -106,6 +110,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     POSTURE_DEADLETTER,
     EXPOSURE_WINDOWS,
     ALERTS_BREAK,
+    ALERTS_PROMPTS,
     DEVICE_COMMANDS,
     ALERTS_ACK,
     INCIDENTS,
