@@ -350,3 +350,27 @@ def test_state_bytes_are_checked() -> None:
         WorkerState.from_bytes(data[:-8])
     assert len(data) < 1100  # "about 1 KiB" per worker
     assert load_thresholds("default")  # the profile the engine above used
+
+
+def test_a_version_2_state_loads_and_scores_on() -> None:
+    """Records on a changelog written before the sample clock (state version 2: two global slots
+    fewer) load, and the next frame continues the worker's exposure as if nothing changed."""
+    from array import array
+
+    from strainwatch.exposure.engine import G_CLOCK_N, G_CLOCK_T0, NG
+
+    eng = engine()
+    state = eng.new_state()
+    eng.process(state, 100, 1, steady(30, trunk_flexion=40))
+    slots = state.slots
+    version_2 = bytes([2]) + (slots[:G_CLOCK_T0] + slots[NG:]).tobytes()  # the v2 layout
+    restored = WorkerState.from_bytes(version_2)
+    assert len(restored.slots) == len(slots)
+    assert restored.end_s == state.end_s == 130
+    assert restored.dose("trunk_flexion") == state.dose("trunk_flexion") > 0
+    assert restored.slots[G_CLOCK_T0] == 130 and restored.slots[G_CLOCK_N] == 0  # a new anchor
+    assert array("d", restored.slots[NG:]) == array("d", slots[NG:])
+    after_v2 = eng.process(restored, 130, 1, steady(30, trunk_flexion=40))
+    after_v3 = eng.process(state, 130, 1, steady(30, trunk_flexion=40))
+    assert restored.dose("trunk_flexion") == approx(state.dose("trunk_flexion"))
+    assert [a.ts_s for a in after_v2.alerts] == [a.ts_s for a in after_v3.alerts]
