@@ -4,6 +4,8 @@ Each worker does one task; a task is a set of postures (mean angles per segment)
 between, holding each for a while with sensor noise. Workers wear the device only on shift
 (three 8-hour shifts, UTC) and either take it off or send `rest` frames during scheduled breaks.
 `invalid_rate` mixes in malformed frames, each labelled with the reason the validator will give.
+A device can hold its worker in a neutral posture for a while (`hold_neutral`, a break the worker
+takes after a prompt) without changing any other worker's frames.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ TASKS: dict[str, tuple[Posture, ...]] = {
         Posture("neutral", (5, 12, 12, 12), (15, 90), 4, jitter=2),
     ),
 }
+
+# a worker taking a break: every segment well inside its acceptable zone (trunk 0-20, neck 0-25,
+# arms 0-20 degrees), far enough from the edges that sensor noise stays inside too
+NEUTRAL_ANGLES: tuple[float, float, float, float] = (8.0, 12.0, 10.0, 10.0)
+NEUTRAL_JITTER = 1.5
 
 SHIFTS: dict[str, int] = {"day": 6, "late": 14, "night": 22}  # start hour, UTC; 8 hours each
 SHIFT_S = 8 * 3600
@@ -130,6 +137,7 @@ class _Worker:
     posture: int = 0
     posture_until: float = -math.inf
     current: np.ndarray | None = None
+    neutral_until: float = -math.inf  # event time; frames starting before it are neutral
 
 
 def _worker_id(site: str, index: int) -> str:
@@ -162,6 +170,8 @@ class FleetSimulator:
                     rest_on_break=bool(shape.random() < 0.5),
                 )
             )
+        self._by_worker = {w.worker_id: w for w in self.workers}
+        self._by_device = {w.device_id: w for w in self.workers}
 
     def roster(self) -> list[dict[str, Any]]:
         out = []
@@ -181,11 +191,24 @@ class FleetSimulator:
                     "site_id": self.cfg.site_id,
                     "team": w.team,
                     "shift": w.shift,
+                    "device_id": w.device_id,
                     "scheduled_breaks": breaks,
                     "task": w.task,
                 }
             )
         return out
+
+    def worker_for_device(self, device_id: str) -> str | None:
+        return self._by_device[device_id].worker_id if device_id in self._by_device else None
+
+    def hold_neutral(self, worker_id: str, until_ts: float) -> None:
+        """Frames of this worker starting before event time `until_ts` show a neutral posture.
+
+        The random draws stay exactly those of an unheld run, so every other worker's frames (and
+        this worker's event ids) are unchanged: only this worker's angles differ.
+        """
+        worker = self._by_worker[worker_id]
+        worker.neutral_until = max(worker.neutral_until, until_ts)
 
     def _on_shift(self, worker: _Worker, ts: float) -> tuple[bool, bool]:
         """(wearing, on a scheduled break) at event time ts."""
@@ -232,6 +255,9 @@ class FleetSimulator:
             posture = postures[worker.posture]
             target = np.array(posture.angles, dtype=float)
             jitter = posture.jitter
+            if ts < worker.neutral_until:  # after the posture draw, so the random stream is unchanged
+                target = np.array(NEUTRAL_ANGLES)
+                jitter = NEUTRAL_JITTER
         start = worker.current if worker.current is not None else target
         # move towards the target over about a second, then hold it with noise
         ramp = np.minimum(1.0, (np.arange(1, n + 1) / self.cfg.rate_hz))[:, None]
