@@ -20,12 +20,16 @@ $(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 
 setup: $(STAMP) system-deps
 
-# InfluxDB for the local stack: Debian's `influxdb` package (1.6.7, which predates /api/v2/write, so the
-# stack puts its route adapter in front); the stack also installs it when run as root.
+# InfluxDB and Mosquitto for the local stack: Debian's `influxdb` (1.6.7, which predates /api/v2/write,
+# so the stack puts its route adapter in front) and `mosquitto` (2.0.11) packages; the stack also
+# installs them when run as root.
 system-deps:
-	@command -v influxd >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq influxdb >/dev/null; \
-	  else echo "influxd missing: run 'sudo apt-get install influxdb' or set STRAINWATCH_INFLUX_URL" >&2; exit 1; fi; }
+	@missing=""; command -v influxd >/dev/null || missing="influxdb"; \
+	  { command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; } || missing="$$missing mosquitto"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    else echo "missing:$$missing: run 'sudo apt-get install$$missing' (or set STRAINWATCH_INFLUX_URL / STRAINWATCH_MQTT_HOST)" >&2; exit 1; fi; \
+	  fi
 
 # Apache Kafka jars from Maven Central, for `--broker kafka` and the tests that need a durable broker.
 jars: $(STAMP)

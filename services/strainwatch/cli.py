@@ -30,6 +30,7 @@ def _register() -> None:
     from strainwatch.demo import register as register_demo
     from strainwatch.exposure_cli import register as register_exposure
     from strainwatch.fleet.cli import register as register_fleet
+    from strainwatch.gateway.cli import register as register_gateway
     from strainwatch.processor.cli import register as register_processor
     from strainwatch.schemas_cli import register as register_schemas
     from strainwatch.stack.cli import register as register_stack
@@ -37,6 +38,7 @@ def _register() -> None:
     for register in (
         register_stack,
         register_fleet,
+        register_gateway,
         register_processor,
         register_exposure,
         register_schemas,

@@ -31,6 +31,16 @@ class Settings(BaseSettings):
     posture_partitions: int = Field(4, ge=1, le=1024)
     raw_retention_days: float = Field(7, gt=0)
 
+    # MQTT: the device gateway's broker (the local stack runs Mosquitto on 127.0.0.1:mqtt_port)
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(11883, ge=1, le=65535)
+    mqtt_username: str = Field("strainwatch-gateway", description="the gateway's MQTT account")
+    mqtt_password: SecretStr = SecretStr("strainwatch-local-mqtt")
+    mqtt_tls: bool = Field(False, description="TLS to the MQTT broker (system CA store)")
+    mqtt_client_id: str = Field(
+        "strainwatch-gateway", description="fixed: the gateway's persistent session (queued frames)"
+    )
+
     # Processor
     processor_group: str = "strainwatch-processor"
     window_s: int = Field(10, ge=1, le=3600, description="exposure window length, event time")
@@ -44,6 +54,11 @@ class Settings(BaseSettings):
     max_future_s: float = Field(300.0, ge=0, description="start_ts may lead the processor clock by this")
     broker_session_timeout_s: float = Field(30.0, gt=0)
     thresholds: str = Field("default", description="profile name or path of a thresholds file")
+
+    # Alerting service (docs/alerting.md)
+    channels_file: Path | None = Field(
+        None, description="YAML: channels (apprise URLs) and delivery policy per site and team"
+    )
 
     # Logging
     log_level: str = "INFO"

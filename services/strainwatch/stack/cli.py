@@ -20,7 +20,7 @@ def up(
         None, "--broker", help="tansu (default, in memory) or kafka (Apache Kafka 4.4)"
     ),
 ) -> None:
-    """Start the broker and InfluxDB (if not running), create topics and the database."""
+    """Start the broker, InfluxDB and Mosquitto (if not running), create topics and the database."""
     from strainwatch.stack.manager import Stack, StackConfig
 
     if broker is not None and broker not in ("tansu", "kafka"):

@@ -1,4 +1,4 @@
-"""`strainwatch stack up|status|down`: the local broker and InfluxDB, in a state directory."""
+"""`strainwatch stack up|status|down`: the local broker, InfluxDB and Mosquitto, in a state directory."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Literal
 
 import structlog
 
-from strainwatch.stack import components
+from strainwatch.stack import components, mosquitto
 from strainwatch.stack.procs import Proc, StackError, alive, require_free, stop
 from strainwatch.stack.topics import ensure_topics
 
@@ -31,6 +31,8 @@ class StackConfig:
     influx_bucket: str = "strainwatch"
     posture_partitions: int = 4
     raw_retention_days: float = 7.0
+    mqtt_port: int = 11883
+    mqtt_gateway_password: str = "strainwatch-local-mqtt"
 
     @property
     def bootstrap(self) -> str:
@@ -55,6 +57,8 @@ class StackConfig:
             influx_bucket=s.influx_bucket,
             posture_partitions=s.posture_partitions,
             raw_retention_days=s.raw_retention_days,
+            mqtt_port=s.mqtt_port,
+            mqtt_gateway_password=s.mqtt_password.get_secret_value(),
         )
 
 
@@ -115,6 +119,12 @@ class Stack:
                 else:
                     procs["broker"] = components.start_tansu(cfg.state_dir, cfg.kafka_port)
                 self._save(procs, cfg.broker)
+            if "mosquitto" not in procs:
+                require_free(cfg.mqtt_port, "Mosquitto")
+                procs["mosquitto"] = mosquitto.start_mosquitto(
+                    cfg.state_dir, cfg.mqtt_port, cfg.mqtt_gateway_password
+                )
+                self._save(procs, cfg.broker)
         except StackError:
             self._save(procs, cfg.broker)
             raise
@@ -127,6 +137,7 @@ class Stack:
             "broker": cfg.broker,
             "bootstrap": cfg.bootstrap,
             "influx_url": cfg.influx_url,
+            "mqtt": f"127.0.0.1:{cfg.mqtt_port}",
             "topics": topics,
         }
 

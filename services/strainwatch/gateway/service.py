@@ -1,0 +1,372 @@
+"""`strainwatch gateway run`: MQTT devices <-> Kafka.
+
+- `devices/+/frames` -> posture.events.v1 keyed by the bound worker (or a dead letter);
+- `devices/+/ack` -> BreakAck on alerts.ack.v1;
+- device.commands.v1 (group strainwatch-gateway) -> `devices/{device_id}/commands`.
+
+Delivery: an MQTT message is acknowledged only after Kafka acknowledged its record (acks=all,
+idempotent producer), and a command's offset is committed only after Mosquitto's PUBACK, so a kill
+of the gateway, a Mosquitto restart or a slow Kafka can duplicate a message but never lose one
+(the processor dedupes frames by event_id, devices commands by command_id). Bindings come from
+roster.v1, read to its end before any frame is routed, then followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
+
+from strainwatch.gateway.mqtt_link import Incoming, MqttLink, MqttSettings
+from strainwatch.gateway.routing import (
+    ACKS_SUBSCRIPTION,
+    FRAMES_SUBSCRIPTION,
+    Bindings,
+    KafkaRecord,
+    Unusable,
+    commands_topic,
+    is_stale,
+    parse_command,
+    parse_device_topic,
+    route_ack,
+    route_frame,
+)
+from strainwatch.logs import RateLimitedLog
+from strainwatch.topics import DEVICE_COMMANDS, ROSTER
+
+log = structlog.get_logger("strainwatch.gateway")
+
+COMMANDS_GROUP = "strainwatch-gateway"
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 10.0
+# on SIGTERM, frames already on their way to Kafka get this long to be acknowledged (fewer
+# redeliveries after a restart); the whole stop stays well within 30 s
+DRAIN_S = 5.0
+CLOSE_TIMEOUT_S = 8.0
+
+T = TypeVar("T")
+
+
+class Gateway:
+    def __init__(
+        self, bootstrap: str, mqtt: MqttSettings, clock: Callable[[], datetime] | None = None
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.mqtt_settings = mqtt
+        self.bindings = Bindings()
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._stopping = asyncio.Event()
+        self._incoming: asyncio.Queue[Incoming] = asyncio.Queue()
+        self._forwarding: set[asyncio.Task[None]] = set()
+        self._warn = RateLimitedLog(log, interval_s=60.0)
+        self._producer: AIOKafkaProducer | None = None
+        self._link: MqttLink | None = None
+        self.counters: dict[str, int] = {
+            "frames": 0,
+            "dead_letters": 0,
+            "acks": 0,
+            "commands": 0,
+            "dropped": 0,
+        }
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        producer = await self._retry("Kafka producer", self._start_producer)
+        if producer is None:
+            return
+        self._producer = producer
+        roster = await self._retry("roster consumer", self._start_roster)
+        if roster is None:
+            await self._close(producer.stop())
+            return
+        commands: AIOKafkaConsumer | None = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            if not await self._read_roster_to_end(roster):
+                return
+            log.info("roster read", bound_devices=len(self.bindings))
+            self._link = MqttLink(
+                self.mqtt_settings,
+                loop,
+                self._incoming.put_nowait,
+                [FRAMES_SUBSCRIPTION, ACKS_SUBSCRIPTION],
+            )
+            self._link.start()
+            commands = await self._retry("commands consumer", self._start_commands)
+            if commands is None:
+                return
+            tasks = [
+                asyncio.create_task(self._follow_roster(roster), name="roster"),
+                asyncio.create_task(self._dispatch(), name="dispatch"),
+                asyncio.create_task(self._relay_commands(commands), name="commands"),
+            ]
+            log.info(
+                "gateway running",
+                bootstrap=self.bootstrap,
+                mqtt=f"{self.mqtt_settings.host}:{self.mqtt_settings.port}",
+            )
+            await self._stopping.wait()
+        finally:
+            await self._shutdown(tasks, producer, roster, commands)
+
+    async def _shutdown(
+        self,
+        tasks: list[asyncio.Task[None]],
+        producer: AIOKafkaProducer,
+        roster: AIOKafkaConsumer,
+        commands: AIOKafkaConsumer | None,
+    ) -> None:
+        log.info("gateway stopping", in_flight=len(self._forwarding))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._forwarding:  # let records already sent to Kafka be acknowledged to their devices
+            await asyncio.wait(set(self._forwarding), timeout=DRAIN_S)
+        for task in list(self._forwarding):
+            task.cancel()  # not acknowledged: Mosquitto redelivers them to the next gateway
+        await asyncio.gather(*self._forwarding, return_exceptions=True)
+        if self._link is not None:
+            await asyncio.to_thread(self._link.stop)
+        if commands is not None:
+            await self._close(commands.stop())
+        await self._close(roster.stop())
+        await self._close(producer.stop())
+        log.info("gateway stopped", **self.counters)
+
+    async def _close(self, closing: Awaitable[Any]) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
+
+    async def _retry(self, what: str, start: Callable[[], Awaitable[T]]) -> T | None:
+        """Start a Kafka client, backing off while the broker is unavailable; None when stopping."""
+        delay = BACKOFF_START_S
+        while not self._stopping.is_set():
+            try:
+                return await start()
+            except (KafkaError, OSError) as error:
+                self._warn.warning(
+                    f"start:{what}",
+                    "Kafka unavailable; retrying",
+                    client=what,
+                    bootstrap=self.bootstrap,
+                    error=str(error),
+                )
+            await self._sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+        return None
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_request_size=4 * 1024 * 1024,  # dead letters of the largest frames (topics.py)
+            request_timeout_ms=30_000,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await self._close(producer.stop())
+            raise
+        return producer
+
+    async def _start_roster(self) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        try:
+            await consumer.start()
+            await consumer.topics()  # metadata, so partitions_for_topic knows the roster
+            partitions = consumer.partitions_for_topic(ROSTER.name)
+            if not partitions:
+                raise KafkaError(f"topic {ROSTER.name} does not exist (run `strainwatch stack topics`)")
+            tps = [TopicPartition(ROSTER.name, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+        except BaseException:
+            await self._close(consumer.stop())
+            raise
+        return consumer
+
+    async def _start_commands(self) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
+            DEVICE_COMMANDS.name,
+            bootstrap_servers=self.bootstrap,
+            group_id=COMMANDS_GROUP,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # stale ones are dropped by age, not missed by a race
+        )
+        try:
+            await consumer.start()
+        except BaseException:
+            await self._close(consumer.stop())
+            raise
+        return consumer
+
+    # --- roster ------------------------------------------------------------------------------
+
+    async def _read_roster_to_end(self, roster: AIOKafkaConsumer) -> bool:
+        """Every binding before the first frame: a frame routed on a partial roster would be
+        dead-lettered as unbound for nothing."""
+        delay = BACKOFF_START_S
+        while not self._stopping.is_set():
+            try:
+                tps = list(roster.assignment())
+                ends = await roster.end_offsets(tps)
+                while not self._stopping.is_set():
+                    positions = {tp: await roster.position(tp) for tp in tps}
+                    if all(positions[tp] >= ends[tp] for tp in tps):
+                        return True
+                    self._apply_roster(await roster.getmany(timeout_ms=500, max_records=5_000))
+            except KafkaError as error:
+                self._warn.warning("roster", "reading the roster failed; retrying", error=str(error))
+                await self._sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+        return False
+
+    async def _follow_roster(self, roster: AIOKafkaConsumer) -> None:
+        while True:
+            try:
+                self._apply_roster(await roster.getmany(timeout_ms=1_000, max_records=5_000))
+            except KafkaError as error:
+                self._warn.warning("roster", "following the roster failed; retrying", error=str(error))
+                await self._sleep(BACKOFF_MAX_S / 2)
+
+    def _apply_roster(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        for records in batch.values():
+            for record in records:
+                if not self.bindings.apply(record.key, record.value):
+                    self._warn.warning(
+                        "roster-entry", "unreadable roster entry ignored", offset=record.offset
+                    )
+
+    # --- device -> Kafka ---------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            message = await self._incoming.get()
+            try:
+                record = self._route(message)
+            except Exception as error:  # never crash on data
+                self._warn.warning("route", "message could not be routed; dropped", error=repr(error))
+                record = None
+            if record is None:
+                self._ack(message)
+                continue
+            task = asyncio.create_task(self._forward(message, record))
+            self._forwarding.add(task)
+            task.add_done_callback(self._forwarding.discard)
+
+    def _route(self, message: Incoming) -> KafkaRecord | None:
+        parsed = parse_device_topic(message.topic)
+        if parsed is None:
+            self._drop("topic", f"unexpected topic {message.topic}")
+            return None
+        device_id, kind = parsed
+        if kind == "frames":
+            record = route_frame(device_id, message.topic, message.payload, self.bindings, self._clock())
+            self.counters["frames" if record.topic != "posture.deadletter.v1" else "dead_letters"] += 1
+            return record
+        if kind == "ack":
+            try:
+                record = route_ack(device_id, message.payload, self.bindings)
+            except Unusable as reason:
+                self._drop("ack", str(reason))
+                return None
+            self.counters["acks"] += 1
+            return record
+        self._drop("topic", f"unexpected topic {message.topic}")
+        return None
+
+    def _drop(self, key: str, detail: str) -> None:
+        self.counters["dropped"] += 1
+        self._warn.warning(f"drop:{key}", "device message dropped", detail=detail[:300])
+
+    async def _forward(self, message: Incoming, record: KafkaRecord) -> None:
+        if await self._send(record):
+            self._ack(message)
+
+    def _ack(self, message: Incoming) -> None:
+        if self._link is not None:
+            self._link.ack(message)
+
+    async def _send(self, record: KafkaRecord) -> bool:
+        """Until Kafka acknowledges the record; False if it is refused for good."""
+        assert self._producer is not None
+        delay = BACKOFF_START_S
+        while True:
+            try:
+                delivery = await self._producer.send(record.topic, record.value, key=record.key)
+                await delivery
+                return True
+            except MessageSizeTooLargeError as error:  # Mosquitto's max_packet_size keeps this away
+                log.error(
+                    "record refused by Kafka for its size; dropped", topic=record.topic, error=str(error)
+                )
+                return True
+            except KafkaError as error:
+                self._warn.warning(
+                    "send", "Kafka did not take a record; retrying", topic=record.topic, error=str(error)
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+    # --- Kafka -> devices --------------------------------------------------------------------
+
+    async def _relay_commands(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            try:
+                batch = await consumer.getmany(timeout_ms=1_000, max_records=500)
+            except KafkaError as error:
+                self._warn.warning("commands", "reading commands failed; retrying", error=str(error))
+                await self._sleep(BACKOFF_MAX_S / 2)
+                continue
+            for tp, records in batch.items():
+                try:
+                    await self._relay_batch(consumer, tp, records)
+                except CommitFailedError as error:  # rebalanced meanwhile: the records come again
+                    self._warn.warning(
+                        "commit", "command offsets not committed; resent later", error=str(error)
+                    )
+                except (KafkaError, RuntimeError) as error:
+                    # not committed: read them again (commands are idempotent by command_id)
+                    self._warn.warning("commands", "relaying commands failed; retrying", error=str(error))
+                    consumer.seek(tp, records[0].offset)
+                    await self._sleep(BACKOFF_START_S)
+
+    async def _relay_batch(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
+        assert self._link is not None
+        publishes = []
+        for record in records:
+            try:
+                command = parse_command(record.value)
+            except Unusable as reason:
+                self._drop("command", str(reason))
+                continue
+            if is_stale(command, self._clock()):
+                self._drop("stale-command", f"command {command.command_id} of {command.ts} is stale")
+                continue
+            publishes.append(self._link.publish(commands_topic(command.device_id), record.value))
+        # committed only once Mosquitto has every command of the batch (PUBACK)
+        await asyncio.gather(*publishes)
+        self.counters["commands"] += len(publishes)
+        await consumer.commit({tp: records[-1].offset + 1})
