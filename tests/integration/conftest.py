@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from strainwatch.stack import components
+from strainwatch.stack import mosquitto as mosquitto_stack
 from strainwatch.stack.manager import create_database
-from strainwatch.stack.procs import Proc, free_port, stop
+from strainwatch.stack.procs import Proc, alive, free_port, stop
 from strainwatch.stack.topics import ensure_topics
 from strainwatch.storage.influxql import InfluxQL
 from tests.support import wait_for
@@ -109,6 +110,55 @@ def kafka(tmp_path: Path) -> Iterator[Broker]:
     stop(handle.proc)
 
 
+@dataclass
+class Mosquitto:
+    """A real Mosquitto 2 (the stack's config, ACL and password file) on a free port."""
+
+    port: int
+    state_dir: Path
+    gateway_password: str
+    proc: Proc
+
+    host: str = "127.0.0.1"
+
+    def provision(self, devices: dict[str, str]) -> None:
+        mosquitto_stack.provision_devices(self.state_dir, devices)
+
+    def stop(self) -> None:
+        """SIGTERM: Mosquitto writes its persistence file (queued QoS 1 messages) on the way out."""
+        stop(self.proc)
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        wait_for(lambda: not alive(self.proc), timeout_s=10, what="mosquitto to die")
+
+    def start(self) -> None:
+        self.proc = mosquitto_stack.start_mosquitto(self.state_dir, self.port, self.gateway_password)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def gateway_env(self, client_id: str) -> dict[str, str]:
+        return {
+            "STRAINWATCH_MQTT_HOST": self.host,
+            "STRAINWATCH_MQTT_PORT": str(self.port),
+            "STRAINWATCH_MQTT_PASSWORD": self.gateway_password,
+            "STRAINWATCH_MQTT_CLIENT_ID": client_id,
+        }
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One Mosquitto for the session; tests use their own device ids and gateway client ids."""
+    state = tmp_path_factory.mktemp("mosquitto")
+    password = uuid.uuid4().hex
+    port = free_port()
+    handle = Mosquitto(port, state, password, mosquitto_stack.start_mosquitto(state, port, password))
+    yield handle
+    handle.stop()
+
+
 class ProcessorProc:
     """`strainwatch processor` as a real subprocess, so tests can SIGTERM or kill -9 it."""
 
@@ -195,4 +245,4 @@ def run_processor(tmp_path: Path) -> Iterator[object]:
         proc.stop()
 
 
-__all__ = ["Broker", "Influx", "ProcessorProc", "processor_env", "wait_for"]
+__all__ = ["Broker", "Influx", "Mosquitto", "ProcessorProc", "processor_env", "wait_for"]
