@@ -27,6 +27,7 @@ def config_show() -> None:
 
 def _register() -> None:
     # Each service contributes its commands from its own module.
+    from strainwatch.alerts.cli import register as register_alerts
     from strainwatch.demo import register as register_demo
     from strainwatch.exposure_cli import register as register_exposure
     from strainwatch.fleet.cli import register as register_fleet
@@ -43,6 +44,7 @@ def _register() -> None:
         register_exposure,
         register_schemas,
         register_demo,
+        register_alerts,
     ):
         register(app)
 

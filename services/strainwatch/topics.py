@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from strainwatch.alerts.state import AlertingState
 from strainwatch.events import (
     BreakAck,
     BreakAlert,
@@ -104,6 +105,13 @@ INCIDENTS = TopicSpec(
     "incidents.v1", Incident, "site_id", "injury log entries", 3650 * DAY_MS, per_worker=False
 )
 ROSTER = TopicSpec("roster.v1", RosterEntry, "worker_id", "worker to team/site/shift", None, compacted=True)
+# The alerting service's own state (budget history, decided alert ids, pending nudges), one record per
+# worker, co-partitioned with alerts.break.v1. Internal, hence not in ALL_TOPICS (whose messages are
+# the public contracts in events.MESSAGE_MODELS): the alerting service creates it at start.
+ALERTS_STATE = TopicSpec(
+    "alerts.state.v1", AlertingState, "worker_id", "alerting service state per worker", None, compacted=True
+)
+INTERNAL_TOPICS: tuple[TopicSpec, ...] = (ALERTS_STATE,)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     POSTURE_EVENTS,

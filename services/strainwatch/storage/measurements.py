@@ -18,6 +18,13 @@ nanoseconds otherwise. Identities per measurement:
   Within one (worker, kind, segment) the engine spaces alerts by the nudge interval or the break
   cooldown (120 s and 1200 s in the shipped profiles); a profile that sets either below 1 s would
   put two alerts in one second and the later one would replace the earlier.
+- `break_prompt`: site, team, worker, kind, segment, status, reason + the *alert's* second (event
+  time, not the decision's): the same identity as the alert's `break_alert` point plus the decision,
+  so a decision written again after a restart replaces itself; a later `duplicate` decision of the
+  same alert is a second point with its own reason tag.
+- `break_ack`: site, team, worker, outcome, source, kind + the alert's second (its event time, not
+  the moment of the outcome). One outcome per alert, and one worker's conditioning breaks are at
+  least the break cooldown apart, so the identity is unique per alert; a replay rewrites it.
 """
 
 from __future__ import annotations
@@ -28,10 +35,13 @@ from typing import Protocol
 EXPOSURE = "exposure"
 BREAK_ALERT = "break_alert"
 BREAK_ACK = "break_ack"
+BREAK_PROMPT = "break_prompt"
 INCIDENT = "incident"
 
 EXPOSURE_TAGS = ("site", "team", "worker")
 BREAK_ALERT_TAGS = ("site", "team", "worker", "kind", "segment")
+BREAK_ACK_TAGS = ("site", "team", "worker", "outcome", "source", "kind")
+BREAK_PROMPT_TAGS = ("site", "team", "worker", "kind", "segment", "status", "reason")
 UNASSIGNED_TEAM = "unassigned"  # until the roster names the worker's team
 
 WRITE_PRECISION = "s"
@@ -120,3 +130,56 @@ def break_alert_line(
         "alert_id": alert_id,
     }
     return line(BREAK_ALERT, tags, fields, int(ts_s))
+
+
+def break_prompt_line(
+    site: str,
+    team: str | None,
+    worker: str,
+    kind: str,
+    segment: str,
+    status: str,
+    reason: str | None,
+    alert_id: str,
+    channels_ok: int,
+    channels_failed: int,
+    alert_ts_s: float,
+) -> str:
+    """One delivery decision (sent or suppressed) of a break alert; reason empty when sent."""
+    tags = {
+        "site": site,
+        "team": team or UNASSIGNED_TEAM,
+        "worker": worker,
+        "kind": kind,
+        "segment": segment,
+        "status": status,
+        "reason": reason or "",
+    }
+    fields: dict[str, float | int | str | bool] = {
+        "alert_id": alert_id,
+        "channels_ok": int(channels_ok),
+        "channels_failed": int(channels_failed),
+    }
+    return line(BREAK_PROMPT, tags, fields, int(alert_ts_s))
+
+
+def break_ack_line(
+    site: str,
+    team: str | None,
+    worker: str,
+    kind: str,
+    outcome: str,
+    source: str,
+    alert_id: str,
+    alert_ts_s: float,
+) -> str:
+    """The outcome of one break prompt, stamped with the alert's event time (see the module doc)."""
+    tags = {
+        "site": site,
+        "team": team or UNASSIGNED_TEAM,
+        "worker": worker,
+        "outcome": outcome,
+        "source": source,
+        "kind": kind,
+    }
+    return line(BREAK_ACK, tags, {"alert_id": alert_id}, int(alert_ts_s))

@@ -1,0 +1,574 @@
+"""The delivery loop: alerts.break.v1 -> policy -> device commands, channel messages, decisions,
+InfluxDB points -> state -> offsets (docs/alerting.md).
+
+Per batch, in this order (a kill can land between any two steps):
+1. decide every alert of the batch (policy.decide, in memory);
+2. deliver: device commands and channel messages of the sent ones;
+3. publish a PromptDecision per decision and write its `break_prompt` point;
+4. persist the state of every worker the batch touched to alerts.state.v1 (same partition);
+5. commit the batch's offsets.
+A kill before 2 re-decides the same alerts after the restart and delivers them once. A kill between
+2 and 4 delivers again after the restart: the device command keeps its command_id (uuid5 of the
+alert id) so a device drops the repeat; a channel message is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from strainwatch.alerts import policy as pol
+from strainwatch.alerts.channels import ChannelsConfig
+from strainwatch.alerts.messages import describe
+from strainwatch.alerts.notify import ChannelSender
+from strainwatch.alerts.state import from_record, to_record
+from strainwatch.config import Settings
+from strainwatch.events import (
+    BreakAlert,
+    DeviceCommand,
+    PromptDecision,
+    Rejected,
+    RosterEntry,
+    parse_frame,
+)
+from strainwatch.exposure.thresholds import load_thresholds
+from strainwatch.logs import RateLimitedLog
+from strainwatch.processor.sink import InfluxSink, SinkStopped
+from strainwatch.storage.measurements import break_prompt_line
+from strainwatch.topics import (
+    ALERTS_BREAK,
+    ALERTS_PROMPTS,
+    ALERTS_STATE,
+    DEVICE_COMMANDS,
+    POSTURE_EVENTS,
+    ROSTER,
+)
+
+log = structlog.get_logger("strainwatch.alerts")
+
+GROUP = "strainwatch-alerting"
+MAX_BATCH = 500
+# Test hook: when set, the service writes this file and waits (for a kill) before delivering a batch.
+PAUSE_HOOK_ENV = "STRAINWATCH_ALERTS_PAUSE_BEFORE_DELIVERY"
+# A pending nudge is dropped by the wall clock this long after its wait ended when no frame says so.
+PENDING_GRACE_S = 5.0
+
+
+def command_id(alert_id: uuid.UUID) -> uuid.UUID:
+    """Deterministic: a command delivered twice (kill between delivery and state) is recognisably one."""
+    return uuid.uuid5(alert_id, "command")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Stopping(Exception):
+    """The service was asked to stop while it waited for Kafka."""
+
+
+@dataclass
+class DeliveryStats:
+    decided: int = 0
+    sent: int = 0
+    suppressed: int = 0
+    commands: int = 0
+    channel_ok: int = 0
+    channel_failed: int = 0
+    bad_alerts: int = 0
+
+
+@dataclass
+class _Outcome:
+    decision: pol.Decision
+    roster: RosterEntry | None
+    channels_ok: int = 0
+    channels_failed: int = 0
+    device_id: str | None = None
+    routine_id: str | None = None
+
+
+@dataclass
+class WorkerBook:
+    """In-memory state of the workers of the assigned partitions."""
+
+    states: dict[str, pol.WorkerPolicyState] = field(default_factory=dict)
+    partition_of: dict[str, int] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+
+    def state(self, worker: str, partition: int) -> pol.WorkerPolicyState:
+        self.partition_of[worker] = partition
+        return self.states.setdefault(worker, pol.WorkerPolicyState())
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        for worker in [w for w, p in self.partition_of.items() if p in partitions]:
+            self.states.pop(worker, None)
+            self.partition_of.pop(worker, None)
+            self.dirty.discard(worker)
+
+
+class DeliveryService:
+    def __init__(self, settings: Settings, config: ChannelsConfig, stop: asyncio.Event) -> None:
+        self.settings = settings
+        self.config = config
+        self.stop = stop
+        self.book = WorkerBook()
+        self.roster: dict[str, RosterEntry] = {}
+        self.stats = DeliveryStats()
+        self.senders = {c.url: ChannelSender(c) for c in config.all_channels()}
+        thresholds = load_thresholds(settings.thresholds)
+        self.zones = {
+            name: (seg.acceptable_max, seg.symmetric, seg.negative_not_acceptable)
+            for name, seg in thresholds.segments.items()
+        }
+        self.neutral_wanted = config.defaults.nudge_when_neutral or any(
+            s.nudge_when_neutral or any(t.nudge_when_neutral for t in s.teams.values())
+            for s in config.sites.values()
+        )
+        self.sink = InfluxSink(
+            settings.influx_url,
+            settings.influx_token.get_secret_value(),
+            settings.influx_org,
+            settings.influx_bucket,
+        )
+        self._late: list[tuple[str, pol.Decision]] = []  # decided by posture frames or the clock
+        self._errors = RateLimitedLog(log, interval_s=10.0)
+        self._assigned: set[int] = set()
+        self._posture: AIOKafkaConsumer | None = None
+
+    # ---- the loop -------------------------------------------------------------------------
+    async def run(self) -> None:
+        backoff = 0.5
+        try:
+            while not self.stop.is_set():
+                try:
+                    await self._session()
+                    backoff = 0.5
+                except Stopping:
+                    break
+                except (KafkaError, OSError) as error:
+                    self._errors.warning("kafka", "kafka unavailable, backing off", error=str(error)[:300])
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+        finally:
+            self.sink.request_stop()
+            await self.sink.close()
+            log.info("delivery stopped", **self.stats.__dict__)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
+
+    async def _session(self) -> None:
+        bootstrap = self.settings.kafka_bootstrap
+        session_ms = int(self.settings.broker_session_timeout_s * 1000)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=GROUP,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(1000, session_ms // 3),
+            max_poll_interval_ms=600_000,
+        )
+        roster_task: asyncio.Task[None] | None = None
+        posture_task: asyncio.Task[None] | None = None
+        try:
+            await producer.start()
+            roster_ready = asyncio.Event()
+            roster_task = asyncio.create_task(self._follow_roster(roster_ready))
+            await self._wait_or_stop(roster_ready)
+            consumer.subscribe([ALERTS_BREAK.name], listener=_Rebalance(self))
+            await consumer.start()
+            if self.neutral_wanted:
+                posture_task = asyncio.create_task(self._follow_posture())
+            log.info("delivery running", group=GROUP, channels=len(self.senders))
+            while not self.stop.is_set():
+                batches = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
+                await self._process(consumer, producer, batches)
+        finally:
+            for task in (roster_task, posture_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            self.book = WorkerBook()
+            self._assigned = set()
+
+    async def _wait_or_stop(self, event: asyncio.Event) -> None:
+        stop = asyncio.create_task(self.stop.wait())
+        ready = asyncio.create_task(event.wait())
+        await asyncio.wait({stop, ready}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        ready.cancel()
+        if self.stop.is_set():
+            raise Stopping
+
+    async def _process(
+        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, batches: dict[TopicPartition, list[Any]]
+    ) -> None:
+        outcomes: list[_Outcome] = []
+        offsets: dict[TopicPartition, int] = {}
+        for tp, records in batches.items():
+            for record in records:
+                offsets[tp] = record.offset + 1
+                outcome = self._decide(record.value, tp.partition)
+                if outcome is not None:
+                    outcomes.append(outcome)
+        outcomes.extend(self._late_outcomes())
+        if not outcomes and not offsets:
+            return
+        if outcomes:
+            self._pause_hook()
+            await self._deliver(producer, outcomes)
+        await self._persist(producer)
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as error:  # rebalanced meanwhile: the new owner restores our state
+                log.warning("commit refused", error=str(error)[:300])
+
+    # ---- decide ---------------------------------------------------------------------------
+    def _decide(self, raw: bytes | None, partition: int) -> _Outcome | None:
+        try:
+            alert = BreakAlert.model_validate_json(raw or b"")
+        except ValidationError as error:
+            self.stats.bad_alerts += 1
+            self._errors.warning("bad-alert", "unreadable alert skipped", error=str(error)[:300])
+            return None
+        worker = alert.worker_id
+        roster = self.roster.get(worker)
+        team = alert.team or (roster.team if roster else None)
+        policy = self.config.policy(alert.site_id, team)
+        state = self.book.state(worker, partition)
+        result = pol.decide(alert, roster, policy, state)
+        self.book.dirty.add(worker)
+        if isinstance(result, pol.PendingNudge):
+            return None  # decided later by the worker's frames or the clock
+        return _Outcome(result, roster)
+
+    def _late_outcomes(self) -> list[_Outcome]:
+        now = time.time() - PENDING_GRACE_S
+        for worker, state in self.book.states.items():
+            if state.pending:
+                alert = next(iter(state.pending.values())).alert
+                policy = self.config.policy(alert.site_id, alert.team or self._team(worker))
+                for decision in pol.expire_pending(state, policy, now):
+                    self._late.append((worker, decision))
+        late, self._late = self._late, []
+        out = []
+        for worker, decision in late:
+            self.book.dirty.add(worker)
+            out.append(_Outcome(decision, self.roster.get(worker)))
+        return out
+
+    def _team(self, worker: str) -> str | None:
+        entry = self.roster.get(worker)
+        return entry.team if entry else None
+
+    def _pause_hook(self) -> None:
+        path = os.environ.get(PAUSE_HOOK_ENV)
+        if path:
+            Path(path).write_text("paused before delivery\n")
+            log.warning("test hook: paused before delivery, waiting to be killed")
+            while True:
+                time.sleep(1)  # blocks the loop on purpose: nothing may happen until the kill
+
+    # ---- deliver --------------------------------------------------------------------------
+    async def _deliver(self, producer: AIOKafkaProducer, outcomes: list[_Outcome]) -> None:
+        deliveries: list[Awaitable[Any]] = []
+        channel_jobs = []
+        for outcome in outcomes:
+            alert = outcome.decision.alert
+            routine, text, message = describe(alert)
+            outcome.routine_id = routine.routine_id if routine else None
+            if outcome.decision.status != "sent":
+                continue
+            device = outcome.roster.device_id if outcome.roster and outcome.roster.active else None
+            if device:
+                outcome.device_id = device
+                command = DeviceCommand(
+                    schema_version=1,
+                    command_id=command_id(alert.alert_id),
+                    worker_id=alert.worker_id,
+                    device_id=device,
+                    ts=_now(),
+                    command="haptic_nudge" if alert.kind == "posture_hold" else "break_prompt",
+                    haptic="nudge" if alert.kind == "posture_hold" else "break",
+                    alert_id=alert.alert_id,
+                    text=text,
+                    routine_id=outcome.routine_id,
+                )
+                deliveries.append(
+                    await self._send(
+                        producer, DEVICE_COMMANDS.name, alert.worker_id, command.model_dump_json()
+                    )
+                )
+                self.stats.commands += 1
+            team = alert.team or (outcome.roster.team if outcome.roster else None)
+            for channel in self.config.channels(alert.site_id, team, alert.kind):
+                channel_jobs.append((outcome, self.senders[channel.url].send(message.title, message.body)))
+        if channel_jobs:
+            results = await asyncio.gather(*(job for _, job in channel_jobs))
+            for (outcome, _), ok in zip(channel_jobs, results, strict=True):
+                if ok:
+                    outcome.channels_ok += 1
+                else:
+                    outcome.channels_failed += 1
+        for outcome in outcomes:
+            deliveries.append(await self._publish_decision(producer, outcome))
+        await self._await_all(deliveries)
+        try:
+            await self.sink.flush(give_up_when_stopping=True)
+        except SinkStopped:
+            raise Stopping from None
+
+    async def _publish_decision(self, producer: AIOKafkaProducer, outcome: _Outcome) -> Awaitable[Any]:
+        decision = outcome.decision
+        alert = decision.alert
+        team = alert.team or (outcome.roster.team if outcome.roster else None)
+        prompt = PromptDecision(
+            schema_version=1,
+            alert_id=alert.alert_id,
+            worker_id=alert.worker_id,
+            site_id=alert.site_id,
+            team=team,
+            kind=alert.kind,
+            ts=_now(),
+            alert_ts=alert.ts,
+            segment=alert.segment,
+            status=decision.status,
+            reason=decision.reason,
+            device_id=outcome.device_id,
+            routine_id=outcome.routine_id,
+            channels_ok=outcome.channels_ok,
+            channels_failed=outcome.channels_failed,
+        )
+        self.sink.add(
+            [
+                break_prompt_line(
+                    alert.site_id,
+                    team,
+                    alert.worker_id,
+                    alert.kind,
+                    alert.segment,
+                    decision.status,
+                    decision.reason,
+                    str(alert.alert_id),
+                    outcome.channels_ok,
+                    outcome.channels_failed,
+                    pol.epoch(alert.ts),
+                )
+            ]
+        )
+        self.stats.decided += 1
+        if decision.status == "sent":
+            self.stats.sent += 1
+        else:
+            self.stats.suppressed += 1
+        self.stats.channel_ok += outcome.channels_ok
+        self.stats.channel_failed += outcome.channels_failed
+        log.info(
+            "prompt decided",
+            alert_id=str(alert.alert_id),
+            worker=alert.worker_id,
+            kind=alert.kind,
+            status=decision.status,
+            reason=decision.reason,
+            channels_ok=outcome.channels_ok,
+            channels_failed=outcome.channels_failed,
+        )
+        return await self._send(producer, ALERTS_PROMPTS.name, alert.worker_id, prompt.model_dump_json())
+
+    async def _send(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        key: str,
+        value: str | bytes,
+        partition: int | None = None,
+    ) -> Awaitable[Any]:
+        data = value.encode() if isinstance(value, str) else value
+        return await producer.send(topic, key=key.encode(), value=data, partition=partition)
+
+    async def _await_all(self, deliveries: list[Awaitable[Any]]) -> None:
+        # a failed send raises KafkaError: the session restarts and the batch is decided again
+        for delivery in deliveries:
+            await delivery
+
+    # ---- persist --------------------------------------------------------------------------
+    async def _persist(self, producer: AIOKafkaProducer) -> None:
+        dirty, self.book.dirty = self.book.dirty, set()
+        deliveries = []
+        for worker in dirty:
+            state = self.book.states.get(worker)
+            partition = self.book.partition_of.get(worker)
+            if state is None or partition is None:
+                continue
+            deliveries.append(
+                await self._send(producer, ALERTS_STATE.name, worker, to_record(worker, state), partition)
+            )
+        await self._await_all(deliveries)
+
+    async def restore(self, partitions: set[int]) -> None:
+        """Read the assigned partitions of alerts.state.v1 from the beginning to their end."""
+        if not partitions:
+            return
+        started = time.monotonic()
+        reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
+        await reader.start()
+        restored = 0
+        try:
+            tps = [TopicPartition(ALERTS_STATE.name, p) for p in partitions]
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            ends = await reader.end_offsets(tps)
+            waiting = {tp for tp in tps if ends[tp] > 0}
+            while waiting:
+                batches = await reader.getmany(*waiting, timeout_ms=500)
+                for tp, records in batches.items():
+                    for record in records:
+                        try:
+                            worker, state = from_record(record.value or b"")
+                        except ValidationError:
+                            self._errors.warning("bad-state", "unreadable state record skipped")
+                            continue
+                        self.book.states[worker] = state
+                        self.book.partition_of[worker] = tp.partition
+                        restored += 1
+                waiting = {tp for tp in waiting if await reader.position(tp) < ends[tp]}
+        finally:
+            await reader.stop()
+        log.info(
+            "state restored",
+            partitions=sorted(partitions),
+            records=restored,
+            seconds=round(time.monotonic() - started, 2),
+        )
+
+    # ---- roster and posture ---------------------------------------------------------------
+    async def _follow_roster(self, ready: asyncio.Event) -> None:
+        reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
+        await reader.start()
+        try:
+            partitions = reader.partitions_for_topic(ROSTER.name) or set()
+            if not partitions:
+                await reader.force_metadata_update()
+                partitions = reader.partitions_for_topic(ROSTER.name) or set()
+            tps = [TopicPartition(ROSTER.name, p) for p in partitions]
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            ends = await reader.end_offsets(tps)
+            behind = {tp for tp in tps if ends[tp] > 0}
+            if not behind:
+                ready.set()
+            while True:
+                batches = await reader.getmany(timeout_ms=1000)
+                for records in batches.values():
+                    for record in records:
+                        if record.value is None:
+                            self.roster.pop((record.key or b"").decode(errors="replace"), None)
+                            continue
+                        try:
+                            entry = RosterEntry.model_validate_json(record.value)
+                        except ValidationError:
+                            self._errors.warning("bad-roster", "unreadable roster entry skipped")
+                            continue
+                        self.roster[entry.worker_id] = entry
+                if behind:
+                    behind = {tp for tp in behind if await reader.position(tp) < ends[tp]}
+                    if not behind:
+                        log.info("roster loaded", workers=len(self.roster))
+                        ready.set()
+        finally:
+            await reader.stop()
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        self._assigned = set(partitions)
+        await self.restore(partitions)
+        if self._posture is not None:
+            self._assign_posture()
+
+    def on_revoked(self, partitions: set[int]) -> None:
+        self.book.drop_partitions(partitions)
+        self._assigned -= partitions
+
+    def _assign_posture(self) -> None:
+        # the posture partitions of the assigned workers (co-partitioned), from their end: only
+        # frames after a nudge matter
+        assert self._posture is not None
+        self._posture.assign([TopicPartition(POSTURE_EVENTS.name, p) for p in sorted(self._assigned)])
+
+    async def _follow_posture(self) -> None:
+        """Frames of workers with a pending nudge (only those are parsed) decide those nudges."""
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+        )
+        await reader.start()
+        self._posture = reader
+        if self._assigned:
+            self._assign_posture()
+        try:
+            while True:
+                if not self._assigned:
+                    await asyncio.sleep(0.5)
+                    if self._assigned:
+                        self._assign_posture()
+                    continue
+                batches = await reader.getmany(timeout_ms=500, max_records=5_000)
+                for records in batches.values():
+                    for record in records:
+                        self._observe(record.key, record.value)
+        finally:
+            self._posture = None
+            await reader.stop()
+
+    def _observe(self, key: bytes | None, value: bytes | None) -> None:
+        worker = (key or b"").decode(errors="replace")
+        state = self.book.states.get(worker)
+        if state is None or not state.pending or value is None:
+            return
+        try:
+            frame = parse_frame(value, max_future_s=self.settings.max_future_s)
+        except Rejected:
+            return
+        if frame.worker_id != worker:
+            return
+        acceptable = pol.neutral_samples(frame.samples.present(), self.zones)
+        alert = next(iter(state.pending.values())).alert
+        policy = self.config.policy(alert.site_id, alert.team or self._team(worker))
+        for decision in pol.observe_neutral(
+            state, policy, pol.epoch(frame.start_ts), frame.rate_hz, acceptable
+        ):
+            self._late.append((worker, decision))
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: DeliveryService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.service.on_revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.service.on_assigned({tp.partition for tp in assigned})

@@ -1,0 +1,95 @@
+"""`strainwatch alerts run`: the delivery loop and, when installed, the outcome tracker, in one
+process until `stop` is set."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from strainwatch.alerts.channels import ChannelsConfig
+from strainwatch.alerts.delivery import DeliveryService
+from strainwatch.config import Settings
+from strainwatch.topics import ALERTS_BREAK, ALERTS_STATE
+
+log = structlog.get_logger("strainwatch.alerts")
+
+OutcomeRunner = Callable[[Settings, asyncio.Event], Awaitable[None]]
+
+
+def outcome_runner() -> OutcomeRunner | None:
+    """The outcome tracker's entry point (alerts/outcome_runner.py, another module's job), if present.
+
+    Hook: `async def run_outcomes(settings, stop: asyncio.Event) -> None`, awaited beside delivery."""
+    try:
+        module = importlib.import_module("strainwatch.alerts.outcome_runner")
+    except ModuleNotFoundError as error:
+        if error.name != "strainwatch.alerts.outcome_runner":
+            raise
+        return None
+    runner: Any = getattr(module, "run_outcomes", None)
+    return runner
+
+
+def ensure_state_topic(bootstrap: str) -> None:
+    """Create alerts.state.v1 (compacted) with alerts.break.v1's partition count, if missing.
+    Raises KafkaError while the broker is unreachable (the caller backs off)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        if ALERTS_STATE.name in set(admin.list_topics()):
+            return
+        described = admin.describe_topics([ALERTS_BREAK.name])
+        partitions = len(described[0].get("partitions") or []) if described else 0
+        if not partitions:
+            raise KafkaError(f"{ALERTS_BREAK.name} does not exist yet (strainwatch stack topics)")
+        with contextlib.suppress(TopicAlreadyExistsError):
+            admin.create_topics(
+                [NewTopic(ALERTS_STATE.name, partitions, 1, topic_configs=ALERTS_STATE.config())],
+                timeout_ms=30_000,
+            )
+        log.info("state topic created", topic=ALERTS_STATE.name, partitions=partitions)
+    finally:
+        admin.close()
+
+
+async def _ensure_state_topic(settings: Settings, stop: asyncio.Event) -> bool:
+    backoff = 0.5
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(ensure_state_topic, settings.kafka_bootstrap)
+            return True
+        except (KafkaError, OSError) as error:
+            log.warning("kafka unavailable, backing off", error=str(error)[:300], backoff_s=backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 10.0)
+    return False
+
+
+async def run_service(settings: Settings, config: ChannelsConfig, stop: asyncio.Event) -> None:
+    if not await _ensure_state_topic(settings, stop):
+        return
+    tasks = [asyncio.create_task(DeliveryService(settings, config, stop).run(), name="delivery")]
+    runner = outcome_runner()
+    if runner is not None:
+        tasks.append(asyncio.create_task(runner(settings, stop), name="outcomes"))
+    else:
+        log.info("outcome tracker not installed; delivery only")
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                stop.set()  # one part failing stops the other: the process exits non-zero
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 25)
