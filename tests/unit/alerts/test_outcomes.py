@@ -293,3 +293,14 @@ def test_dirty_workers_are_reported_once() -> None:
     tracker.on_window(window(T0, worker="w9"))
     assert tracker.take_dirty() == {"w9"}
     assert tracker.take_dirty() == set()
+
+
+def test_break_ack_point_is_stamped_with_the_alert_time_and_tagged_by_outcome() -> None:
+    from strainwatch.alerts.outcome_runner import outcome_line
+
+    p = prompt(T0 + timedelta(seconds=3, microseconds=500_000))
+    (record,) = feed(OutcomeTracker(), [p, *windows(T0, 620, acceptable=False)])
+    assert outcome_line(record) == (
+        "break_ack,kind=conditioning_break,outcome=ignored,site=plant-1,source=timeout,team=assembly,"
+        f'worker=w1 alert_id="{p.alert_id}" {int(T0.timestamp()) + 3}'
+    )
