@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -239,6 +240,42 @@ def test_simulate_mqtt_cli_publishes_and_summarises(fleet_mosquitto: Mosquitto, 
         what="the CLI's frames at the gateway",
     )
     assert {t for t, _ in gateway.on("/frames")} == {f"devices/dev-000{i}/frames" for i in range(3)}
+
+
+def test_simulate_mqtt_stops_on_sigterm_with_a_summary(
+    fleet_mosquitto: Mosquitto, gateway: GatewayView
+) -> None:
+    env = {
+        **os.environ,
+        "STRAINWATCH_STATE_DIR": str(fleet_mosquitto.state_dir),
+        "STRAINWATCH_MQTT_PORT": str(fleet_mosquitto.port),
+        "STRAINWATCH_LOG_FORMAT": "json",
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "strainwatch.cli",
+        "simulate",
+        "--mqtt",
+        "--workers",
+        "5",
+        "--duration",
+        "600",
+    ]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(gateway.on("/frames")) >= 10, timeout_s=60, what="frames from the CLI")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 0, err[-3000:]
+    summary = orjson.loads(out.strip().splitlines()[-1])["live"]
+    assert summary["stopped_early"] is True
+    assert 10 <= summary["frames_published"] == summary["frames_acknowledged"]
 
 
 def test_simulate_rejects_mqtt_options_without_mqtt() -> None:
