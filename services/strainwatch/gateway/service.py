@@ -187,7 +187,9 @@ class Gateway:
         return producer
 
     async def _start_roster(self) -> AIOKafkaConsumer:
+        # subscribed without a group: aiokafka assigns every partition of the topic to it
         consumer = AIOKafkaConsumer(
+            ROSTER.name,
             bootstrap_servers=self.bootstrap,
             group_id=None,
             enable_auto_commit=False,
@@ -195,13 +197,12 @@ class Gateway:
         )
         try:
             await consumer.start()
-            await consumer.topics()  # metadata, so partitions_for_topic knows the roster
-            partitions = consumer.partitions_for_topic(ROSTER.name)
-            if not partitions:
-                raise KafkaError(f"topic {ROSTER.name} does not exist (run `strainwatch stack topics`)")
-            tps = [TopicPartition(ROSTER.name, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+            deadline = asyncio.get_running_loop().time() + 15
+            while not consumer.assignment():
+                if asyncio.get_running_loop().time() > deadline:
+                    raise KafkaError(f"topic {ROSTER.name} does not exist (run `strainwatch stack topics`)")
+                await asyncio.sleep(0.1)
+            await consumer.seek_to_beginning()
         except BaseException:
             await self._close(consumer.stop())
             raise
