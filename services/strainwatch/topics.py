@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from strainwatch.alerts.outcomes import OutcomeState
 from strainwatch.alerts.state import AlertingState
 from strainwatch.events import (
     BreakAck,
@@ -111,7 +112,17 @@ ROSTER = TopicSpec("roster.v1", RosterEntry, "worker_id", "worker to team/site/s
 ALERTS_STATE = TopicSpec(
     "alerts.state.v1", AlertingState, "worker_id", "alerting service state per worker", None, compacted=True
 )
-INTERNAL_TOPICS: tuple[TopicSpec, ...] = (ALERTS_STATE,)
+# The outcome tracker's state (pending prompts and their evidence, decided alert ids), one record per
+# worker, co-partitioned with its inputs; internal likewise, created by the tracker at start.
+ALERTS_OUTCOMES_STATE = TopicSpec(
+    "alerts.outcomes.state.v1",
+    OutcomeState,
+    "worker_id",
+    "outcome tracker state per worker",
+    None,
+    compacted=True,
+)
+INTERNAL_TOPICS: tuple[TopicSpec, ...] = (ALERTS_STATE, ALERTS_OUTCOMES_STATE)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     POSTURE_EVENTS,

@@ -39,14 +39,13 @@ from strainwatch.events import BreakAck, ExposureWindow, PromptDecision
 from strainwatch.logs import RateLimitedLog
 from strainwatch.processor.sink import InfluxSink, SinkStopped
 from strainwatch.storage.measurements import break_ack_line
-from strainwatch.topics import ALERTS_ACK, ALERTS_PROMPTS, EXPOSURE_WINDOWS
+from strainwatch.topics import ALERTS_ACK, ALERTS_OUTCOMES_STATE, ALERTS_PROMPTS, EXPOSURE_WINDOWS
 
 log = structlog.get_logger("strainwatch.outcomes")
 
 GROUP = "strainwatch-outcomes"
-# Internal state, one record per worker (alerts/outcomes.py `_Worker.to_json`), co-partitioned with
-# the inputs. Created here at start, like the alerting service's alerts.state.v1.
-STATE_TOPIC = "alerts.outcomes.state.v1"
+# Internal state, one OutcomeState record per worker, co-partitioned with the inputs; created here.
+STATE_TOPIC = ALERTS_OUTCOMES_STATE.name
 MAX_BATCH = 2_000
 # The order records of one batch are fed in (see the module doc).
 TOPIC_ORDER = {ALERTS_PROMPTS.name: 0, ALERTS_ACK.name: 1, EXPOSURE_WINDOWS.name: 2}
@@ -67,7 +66,7 @@ def ensure_state_topic(bootstrap: str, state_topic: str) -> int:
         if not partitions:
             raise KafkaError(f"{EXPOSURE_WINDOWS.name} does not exist yet (strainwatch stack topics)")
         if state_topic not in set(admin.list_topics()):
-            config = {"cleanup.policy": "compact", "retention.ms": "-1"}
+            config = ALERTS_OUTCOMES_STATE.config()
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
                     [NewTopic(state_topic, partitions, 1, topic_configs=config)], timeout_ms=30_000
@@ -294,12 +293,13 @@ class OutcomeRunner:
                 batches = await reader.getmany(*waiting, timeout_ms=500)
                 for tp, records in batches.items():
                     for record in records:
-                        worker = (record.key or b"").decode(errors="replace")
+                        if record.value is None:
+                            continue  # never written by the tracker; nothing to restore
                         try:
-                            self.tracker.restore_worker(worker, record.value)
-                        except (ValueError, KeyError, TypeError) as error:
+                            worker = self.tracker.restore_worker(record.value)
+                        except ValidationError as error:
                             self._errors.warning(
-                                "bad-state", "unreadable state record skipped", error=str(error)
+                                "bad-state", "unreadable state record skipped", error=str(error)[:300]
                             )
                             continue
                         self.partition_of[worker] = tp.partition

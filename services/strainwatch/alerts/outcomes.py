@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
-from strainwatch.events import BreakAck, ExposureWindow, PromptDecision
+from strainwatch.events import BreakAck, ExposureWindow, Ident, Message, PromptDecision
 
 US = 1_000_000
 HORIZON_S = 600  # a prompt's outcome is judged over the 10 minutes after it
@@ -40,7 +40,6 @@ MAX_STRAY_ACKS = 64  # per worker: acks for alert ids not (yet) known as sent pr
 DECIDED_RETENTION_S = 86_400
 DEFAULT_IDLE_TIMEOUT_S = 900.0  # processing time; above the horizon, see docs/alerting.md
 TRACKED_KINDS = frozenset({"conditioning_break"})  # posture nudges get no outcome (docs/alerting.md)
-STATE_VERSION = 1
 
 Outcome = Literal["taken", "acknowledged", "ignored"]
 
@@ -102,39 +101,78 @@ class _Worker:
     latest_window_us: int | None = None  # start of the newest window seen
     last_activity: float = 0.0  # processing time (injected clock); not persisted
 
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "v": STATE_VERSION,
-                "site_id": self.site_id,
-                "pending": [
-                    [p.alert_id, p.site_id, p.team, p.kind, p.alert_us]
+    def to_record(self, worker_id: str) -> bytes:
+        return (
+            OutcomeState(
+                schema_version=1,
+                worker_id=worker_id,
+                site_id=self.site_id,
+                pending=[
+                    PendingPrompt(
+                        alert_id=p.alert_id, site_id=p.site_id, team=p.team, kind=p.kind, alert_us=p.alert_us
+                    )
                     for p in sorted(self.pending.values(), key=lambda p: (p.alert_us, p.alert_id))
                 ],
-                "acceptable": sorted(self.acceptable.items()),
-                "acks": {
-                    a: [[x.ts_us, x.outcome, x.source] for x in v] for a, v in sorted(self.acks.items())
+                acceptable=sorted(self.acceptable.items()),
+                acks={
+                    a: [AckEvidence(ts_us=x.ts_us, outcome=x.outcome, source=x.source) for x in v]
+                    for a, v in sorted(self.acks.items())
                 },
-                "decided": sorted(self.decided.items()),
-                "latest_window_us": self.latest_window_us,
-            }
+                decided=dict(sorted(self.decided.items())),
+                latest_window_us=self.latest_window_us,
+            )
+            .model_dump_json()
+            .encode()
         )
 
     @classmethod
-    def from_json(cls, raw: bytes, now: float) -> _Worker:
-        doc = orjson.loads(raw)
-        if doc.get("v") != STATE_VERSION:
-            raise ValueError(f"unknown outcome state version {doc.get('v')!r}")
+    def from_record(cls, raw: bytes, now: float) -> tuple[str, _Worker]:
+        """Raises pydantic.ValidationError on a record this version cannot read."""
+        record = OutcomeState.model_validate_json(raw)
         worker = cls(
-            site_id=doc["site_id"],
-            pending={p[0]: _Prompt(p[0], p[1], p[2], p[3], int(p[4])) for p in doc["pending"]},
-            acceptable={int(s): int(e) for s, e in doc["acceptable"]},
-            acks={a: [_Ack(int(t), o, s) for t, o, s in v] for a, v in doc["acks"].items()},
-            decided={a: int(h) for a, h in doc["decided"]},
-            latest_window_us=doc["latest_window_us"],
+            site_id=record.site_id,
+            pending={
+                p.alert_id: _Prompt(p.alert_id, p.site_id, p.team, p.kind, p.alert_us) for p in record.pending
+            },
+            acceptable=dict(record.acceptable),
+            acks={a: [_Ack(x.ts_us, x.outcome, x.source) for x in v] for a, v in record.acks.items()},
+            decided=dict(record.decided),
+            latest_window_us=record.latest_window_us,
         )
         worker.last_activity = now  # the idle timeout starts again after a restore
-        return worker
+        return record.worker_id, worker
+
+
+class PendingPrompt(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    alert_id: str
+    site_id: str
+    team: str | None
+    kind: str
+    alert_us: int = Field(description="the alert's event time, microseconds since the epoch")
+
+
+class AckEvidence(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ts_us: int
+    outcome: str
+    source: str
+
+
+class OutcomeState(Message):
+    """The outcome tracker's state of one worker: a record of the compacted topic
+    alerts.outcomes.state.v1, key worker_id. Internal: not a contract for other services (it can
+    change with the tracker). Times are integer microseconds since the epoch (exact round trip)."""
+
+    worker_id: Ident
+    site_id: str
+    pending: list[PendingPrompt] = Field(default_factory=list, description="sent prompts not decided yet")
+    acceptable: list[tuple[int, int]] = Field(
+        default_factory=list, description="(start, end) of the acceptable windows kept as evidence"
+    )
+    acks: dict[str, list[AckEvidence]] = Field(default_factory=dict, description="alert id -> acks")
+    decided: dict[str, int] = Field(default_factory=dict, description="alert id -> its horizon")
+    latest_window_us: int | None = None
 
 
 class OutcomeTracker:
@@ -245,15 +283,16 @@ class OutcomeTracker:
         return dirty
 
     def export_worker(self, worker_id: str) -> bytes | None:
+        """One worker's state as an OutcomeState record (None: unknown worker)."""
         worker = self._workers.get(worker_id)
-        return worker.to_json() if worker is not None else None
+        return worker.to_record(worker_id) if worker is not None else None
 
-    def restore_worker(self, worker_id: str, raw: bytes | None) -> None:
-        """Load one worker's persisted state (None: a tombstone, forget the worker)."""
-        if raw is None:
-            self._workers.pop(worker_id, None)
-        else:
-            self._workers[worker_id] = _Worker.from_json(raw, self._clock())
+    def restore_worker(self, raw: bytes) -> str:
+        """Load one worker's persisted state; returns its worker id. Raises pydantic.ValidationError
+        on a record this version cannot read."""
+        worker_id, worker = _Worker.from_record(raw, self._clock())
+        self._workers[worker_id] = worker
+        return worker_id
 
     def forget(self, worker_ids: Iterable[str]) -> None:
         """Drop workers another instance now owns (their partitions were revoked)."""

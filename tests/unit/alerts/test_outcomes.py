@@ -283,7 +283,9 @@ def test_state_round_trip_mid_stream_gives_the_same_outcomes() -> None:
         out = feed(before, events[:cut])
         after = OutcomeTracker()
         for worker in before.workers():
-            after.restore_worker(worker, before.export_worker(worker))
+            raw = before.export_worker(worker)
+            assert raw is not None
+            assert after.restore_worker(raw) == worker
         out += feed(after, events[cut:])
         assert [r.ack.model_dump_json() for r in out] == [r.ack.model_dump_json() for r in straight], cut
 
