@@ -50,7 +50,10 @@ def register(app: typer.Typer) -> None:
         ),
         topic: str = typer.Option(None, "--topic", help="default posture.events.v1"),
         mqtt: bool = typer.Option(
-            False, "--mqtt", help="live frames over MQTT as devices send them (default: straight to Kafka)"
+            False,
+            "--mqtt",
+            help="live frames over MQTT, each device logged in as itself (default: straight to Kafka); "
+            "--days history still goes straight to Kafka",
         ),
         ack_share: float = typer.Option(
             1.0, "--ack-share", min=0, max=1, help="with --mqtt: share of prompts workers acknowledge"
