@@ -64,7 +64,7 @@ class MqttLink:
         self._connected = threading.Event()
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._warn = RateLimitedLog(log, interval_s=60.0)
-        self._down_since_logged = False
+        self._stopping = False
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
@@ -96,6 +96,7 @@ class MqttLink:
 
     def stop(self) -> None:
         # a clean DISCONNECT keeps the persistent session: queued and unacked frames wait for us
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -149,7 +150,9 @@ class MqttLink:
             self._connection += 1
         was_connected = self._connected.is_set()
         self._connected.clear()
-        if was_connected:
+        if self._stopping:
+            log.info("MQTT disconnected")
+        elif was_connected:
             log.warning("MQTT disconnected; reconnecting with back-off", reason=str(reason))
         else:
             self._warn.warning(
