@@ -1,4 +1,5 @@
-"""Simulated devices over a real Mosquitto (password file and ACL as the local stack writes them).
+"""Simulated devices over a real Mosquitto (the shared `mosquitto` fixture: the stack's password file
+and ACL).
 
 Every frame the devices publish reaches a subscriber on the gateway's account byte for byte; a
 command sent to one device reaches that device only and is acknowledged per the seeded share.
@@ -17,7 +18,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -27,30 +27,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from strainwatch.fleet.behaviour import DevicePolicy, share_draw
 from strainwatch.fleet.devices import MqttFleet, MqttTarget, device_password
 from strainwatch.fleet.simulator import FleetSimulator, SimConfig
-from strainwatch.stack.mosquitto import GATEWAY_USERNAME, provision_devices, start_mosquitto
-from strainwatch.stack.procs import Proc, free_port, stop
+from strainwatch.stack.mosquitto import GATEWAY_USERNAME
+from tests.integration.conftest import Mosquitto
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
-
-GATEWAY_PASSWORD = "gateway-test-password"
-
-
-@dataclass
-class Mosquitto:
-    state_dir: Path
-    port: int
-    proc: Proc
-
-
-@pytest.fixture
-def fleet_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A Mosquitto of this test's own (the shared conftest has no MQTT fixture yet)."""
-    state = tmp_path / "state"
-    port = free_port()
-    proc = start_mosquitto(state, port, GATEWAY_PASSWORD)
-    yield Mosquitto(state, port, proc)
-    stop(proc)
 
 
 @dataclass
@@ -67,9 +48,9 @@ class GatewayView:
 
 
 @pytest.fixture
-def gateway(fleet_mosquitto: Mosquitto) -> Iterator[GatewayView]:
+def gateway(mosquitto: Mosquitto) -> Iterator[GatewayView]:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"gw-{uuid.uuid4().hex[:6]}")
-    client.username_pw_set(GATEWAY_USERNAME, GATEWAY_PASSWORD)
+    client.username_pw_set(GATEWAY_USERNAME, mosquitto.gateway_password)
     view = GatewayView(client)
     subscribed = threading.Event()
 
@@ -80,7 +61,7 @@ def gateway(fleet_mosquitto: Mosquitto) -> Iterator[GatewayView]:
     client.on_message = on_message
     client.on_connect = lambda c, u, f, rc, p: c.subscribe("devices/#", qos=1)
     client.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
-    client.connect("127.0.0.1", fleet_mosquitto.port)
+    client.connect("127.0.0.1", mosquitto.port)
     client.loop_start()
     wait_for(subscribed.is_set, timeout_s=20, what="the gateway's subscription to devices/#")
     yield view
@@ -126,8 +107,8 @@ def live_config(workers: int, duration_s: float, seed: int = 9) -> SimConfig:
     )
 
 
-def provision(state: Path, sim: FleetSimulator) -> None:
-    provision_devices(state, {w.device_id: device_password(w.device_id) for w in sim.workers})
+def provision(mosquitto: Mosquitto, sim: FleetSimulator) -> None:
+    mosquitto.provision({w.device_id: device_password(w.device_id) for w in sim.workers})
 
 
 def command(device_id: str, worker_id: str, alert: uuid.UUID, kind: str = "break_prompt") -> bytes:
@@ -147,7 +128,7 @@ def command(device_id: str, worker_id: str, alert: uuid.UUID, kind: str = "break
 
 
 def test_frames_arrive_and_commands_reach_their_device_only(
-    fleet_mosquitto: Mosquitto, gateway: GatewayView
+    mosquitto: Mosquitto, gateway: GatewayView
 ) -> None:
     cfg = live_config(workers=12, duration_s=4)
     expected = [
@@ -155,9 +136,9 @@ def test_frames_arrive_and_commands_reach_their_device_only(
         for f in FleetSimulator(cfg).frames()
     ]
     sim = FleetSimulator(cfg)
-    provision(fleet_mosquitto.state_dir, sim)
+    provision(mosquitto, sim)
     policy = DevicePolicy(ack_share=0.5, take_share=0.5, report_rest=True, seed=4)
-    fleet = MqttFleet(sim, MqttTarget(port=fleet_mosquitto.port), policy)
+    fleet = MqttFleet(sim, MqttTarget(port=mosquitto.port), policy)
     runner = FleetThread(fleet, paced=True, linger_s=120)
 
     # every frame, exactly the simulator's bytes, on its device's topic
@@ -198,24 +179,24 @@ def test_frames_arrive_and_commands_reach_their_device_only(
     assert summary["acks_acknowledged"] == len(acks_expected) + len(rests_expected)
 
 
-def test_a_device_with_a_wrong_password_is_refused(fleet_mosquitto: Mosquitto) -> None:
+def test_a_device_with_a_wrong_password_is_refused(mosquitto: Mosquitto) -> None:
     from strainwatch.fleet.devices import FleetError
 
     sim = FleetSimulator(live_config(workers=2, duration_s=1))
     passwords = {w.device_id: device_password(w.device_id) for w in sim.workers}
-    provision_devices(fleet_mosquitto.state_dir, passwords)
+    mosquitto.provision(passwords)
     fleet = MqttFleet(
-        sim, MqttTarget(port=fleet_mosquitto.port), DevicePolicy(), {**passwords, "dev-0001": "wrong"}
+        sim, MqttTarget(port=mosquitto.port), DevicePolicy(), {**passwords, "dev-0001": "wrong"}
     )
     with pytest.raises(FleetError, match=r"1 of 2 devices could not connect .*dev-0001.*[Nn]ot authori"):
         asyncio.run(fleet.run(connect_timeout_s=3))
 
 
-def test_simulate_mqtt_cli_publishes_and_summarises(fleet_mosquitto: Mosquitto, gateway: GatewayView) -> None:
+def test_simulate_mqtt_cli_publishes_and_summarises(mosquitto: Mosquitto, gateway: GatewayView) -> None:
     env = {
         **os.environ,
-        "STRAINWATCH_STATE_DIR": str(fleet_mosquitto.state_dir),
-        "STRAINWATCH_MQTT_PORT": str(fleet_mosquitto.port),
+        "STRAINWATCH_STATE_DIR": str(mosquitto.state_dir),
+        "STRAINWATCH_MQTT_PORT": str(mosquitto.port),
         "STRAINWATCH_LOG_FORMAT": "json",
     }
     argv = [
@@ -242,13 +223,11 @@ def test_simulate_mqtt_cli_publishes_and_summarises(fleet_mosquitto: Mosquitto, 
     assert {t for t, _ in gateway.on("/frames")} == {f"devices/dev-000{i}/frames" for i in range(3)}
 
 
-def test_simulate_mqtt_stops_on_sigterm_with_a_summary(
-    fleet_mosquitto: Mosquitto, gateway: GatewayView
-) -> None:
+def test_simulate_mqtt_stops_on_sigterm_with_a_summary(mosquitto: Mosquitto, gateway: GatewayView) -> None:
     env = {
         **os.environ,
-        "STRAINWATCH_STATE_DIR": str(fleet_mosquitto.state_dir),
-        "STRAINWATCH_MQTT_PORT": str(fleet_mosquitto.port),
+        "STRAINWATCH_STATE_DIR": str(mosquitto.state_dir),
+        "STRAINWATCH_MQTT_PORT": str(mosquitto.port),
         "STRAINWATCH_LOG_FORMAT": "json",
     }
     argv = [
