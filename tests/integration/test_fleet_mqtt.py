@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -261,3 +262,23 @@ def test_simulate_rejects_mqtt_options_without_mqtt() -> None:
     argv = [sys.executable, "-m", "strainwatch.cli", "simulate", "--workers", "3", "--take-share", "0.5"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "only apply with --mqtt" in done.stderr
+
+
+def test_simulate_mqtt_without_a_broker_fails_fast(tmp_path: Path) -> None:
+    from strainwatch.stack.procs import free_port
+
+    port = free_port()  # nothing listens there
+    argv = [
+        sys.executable,
+        "-m",
+        "strainwatch.cli",
+        "simulate",
+        "--mqtt",
+        "--workers",
+        "50",
+        "--duration",
+        "5",
+    ]
+    argv += ["--mqtt-port", str(port), "--state-dir", str(tmp_path / "state")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"no MQTT broker answers at 127.0.0.1:{port}" in done.stderr

@@ -284,6 +284,11 @@ class MqttFleet:
     async def _connect_all(self, timeout_s: float, stop: asyncio.Event) -> None:
         for i, device in enumerate(self.devices.values()):
             device.connect()
+            if i == 0 and not device.connecting:  # no broker there: fail now, not once per device
+                raise FleetError(
+                    f"no MQTT broker answers at {self.target.host}:{self.target.port} ({device.refusal}); "
+                    "is the stack up? `strainwatch stack up`"
+                )
             if i % 50 == 49:
                 await asyncio.sleep(0)  # let CONNACKs in while the rest connect
         ready = await _wait(lambda: all(d.connected for d in self.devices.values()), timeout_s, stop)
