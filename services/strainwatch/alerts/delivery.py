@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
@@ -190,14 +191,16 @@ class DeliveryService:
         try:
             await producer.start()
             roster_ready = asyncio.Event()
-            roster_task = asyncio.create_task(self._follow_roster(roster_ready))
-            await self._wait_or_stop(roster_ready)
+            roster_task = asyncio.create_task(self._follow_roster(roster_ready), name="roster")
+            await self._wait_or_stop(roster_ready, roster_task)
             consumer.subscribe([ALERTS_BREAK.name], listener=_Rebalance(self))
             await consumer.start()
             if self.neutral_wanted:
-                posture_task = asyncio.create_task(self._follow_posture())
+                posture_task = asyncio.create_task(self._follow_posture(), name="posture")
             log.info("delivery running", group=GROUP, channels=len(self.senders))
             while not self.stop.is_set():
+                for task in (roster_task, posture_task):
+                    _raise_if_failed(task)  # a helper that died takes the session down (restart)
                 batches = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
                 await self._process(consumer, producer, batches)
         finally:
@@ -213,14 +216,15 @@ class DeliveryService:
             self.book = WorkerBook()
             self._assigned = set()
 
-    async def _wait_or_stop(self, event: asyncio.Event) -> None:
+    async def _wait_or_stop(self, event: asyncio.Event, task: asyncio.Task[None]) -> None:
         stop = asyncio.create_task(self.stop.wait())
         ready = asyncio.create_task(event.wait())
-        await asyncio.wait({stop, ready}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({stop, ready, task}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         ready.cancel()
         if self.stop.is_set():
             raise Stopping
+        _raise_if_failed(task)
 
     async def _process(
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, batches: dict[TopicPartition, list[Any]]
@@ -469,10 +473,7 @@ class DeliveryService:
         reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
         await reader.start()
         try:
-            partitions = reader.partitions_for_topic(ROSTER.name) or set()
-            if not partitions:
-                await reader.force_metadata_update()
-                partitions = reader.partitions_for_topic(ROSTER.name) or set()
+            partitions = await topic_partitions(self.settings.kafka_bootstrap, ROSTER.name)
             tps = [TopicPartition(ROSTER.name, p) for p in partitions]
             reader.assign(tps)
             await reader.seek_to_beginning(*tps)
@@ -561,6 +562,26 @@ class DeliveryService:
             state, policy, pol.epoch(frame.start_ts), frame.rate_hz, acceptable
         ):
             self._late.append((worker, decision))
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+    """The topic's partition ids (a group-less consumer only knows the topics it was assigned)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [p["partition"] for d in described for p in d.get("partitions") or []]
+    if not partitions:
+        raise KafkaError(f"topic {topic} does not exist yet")
+    return sorted(partitions)
+
+
+def _raise_if_failed(task: asyncio.Task[None] | None) -> None:
+    if task is not None and task.done() and not task.cancelled():
+        error = task.exception()
+        raise error if error is not None else KafkaError(f"{task.get_name()} ended")
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
