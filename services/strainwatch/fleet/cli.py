@@ -158,9 +158,9 @@ def _simulate_mqtt(
 
     settings = get_settings()
     target = MqttTarget(
-        host=host or getattr(settings, "mqtt_host", "127.0.0.1"),
-        port=port or getattr(settings, "mqtt_port", 11883),
-        tls=bool(getattr(settings, "mqtt_tls", False)),
+        host=host or settings.mqtt_host,
+        port=port or settings.mqtt_port,
+        tls=settings.mqtt_tls,
     )
     passwords = {w.device_id: device_password(w.device_id) for w in sim.workers}
     try:

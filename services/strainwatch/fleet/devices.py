@@ -126,9 +126,9 @@ class SimDevice:
         client.on_publish = _on_publish
         loop = fleet.loop
         client.on_socket_open = lambda c, u, sock: loop.add_reader(sock, c.loop_read)
-        client.on_socket_close = lambda c, u, sock: loop.remove_reader(sock)
+        client.on_socket_close = lambda c, u, sock: _forget(loop.remove_reader, sock)
         client.on_socket_register_write = lambda c, u, sock: loop.add_writer(sock, c.loop_write)
-        client.on_socket_unregister_write = lambda c, u, sock: loop.remove_writer(sock)
+        client.on_socket_unregister_write = lambda c, u, sock: _forget(loop.remove_writer, sock)
         self.client = client
 
     def connect(self) -> None:
@@ -149,6 +149,10 @@ class SimDevice:
     def publish_reply(self, payload: bytes) -> None:
         info = self.client.publish(ack_topic(self.device_id), payload, qos=1)
         self.reply_mids.add(info.mid)
+
+
+def _forget(remove: Callable[[Any], bool], sock: Any) -> None:
+    remove(sock)
 
 
 def _on_connect(client: mqtt.Client, device: SimDevice, _flags: Any, reason: Any, _props: Any) -> None:
@@ -186,7 +190,7 @@ def _on_publish(_client: mqtt.Client, device: SimDevice, mid: int, reason: Any, 
 
 
 def _on_message(_client: mqtt.Client, device: SimDevice, message: mqtt.MQTTMessage) -> None:
-    device.fleet.handle_command(device, message.payload)
+    device.fleet.handle_command(device, bytes(message.payload))
 
 
 class MqttFleet:
