@@ -203,7 +203,7 @@ def read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         ends = consumer.end_offsets(tps)
-        out = []
+        out: list[dict[str, Any]] = []
         while any(consumer.position(tp) < ends[tp] for tp in tps):
             for records in consumer.poll(timeout_ms=1000).values():
                 out.extend(json.loads(r.value) for r in records if r.value is not None)

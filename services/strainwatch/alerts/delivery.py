@@ -66,6 +66,7 @@ MAX_BATCH = 500
 PAUSE_HOOK_ENV = "STRAINWATCH_ALERTS_PAUSE_BEFORE_DELIVERY"
 # A pending nudge is dropped by the wall clock this long after its wait ended when no frame says so.
 PENDING_GRACE_S = 5.0
+STOP_GRACE_S = 15.0  # a batch in progress at SIGTERM may finish within this
 
 
 def command_id(alert_id: uuid.UUID) -> uuid.UUID:
@@ -202,7 +203,7 @@ class DeliveryService:
                 for task in (roster_task, posture_task):
                     _raise_if_failed(task)  # a helper that died takes the session down (restart)
                 batches = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
-                await self._process(consumer, producer, batches)
+                await self._until_stopped(self._process(consumer, producer, batches))
         finally:
             for task in (roster_task, posture_task):
                 if task is not None:
@@ -215,6 +216,26 @@ class DeliveryService:
                 await producer.stop()
             self.book = WorkerBook()
             self._assigned = set()
+
+    async def _until_stopped(self, work: Awaitable[None]) -> None:
+        """Run one batch; once asked to stop, give it STOP_GRACE_S, then abandon it uncommitted
+        (a restart decides it again) so the process exits within 30 s of SIGTERM."""
+        task = asyncio.ensure_future(work)
+        stopper = asyncio.create_task(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                self.sink.request_stop()  # a flush waiting for InfluxDB gives up
+                await asyncio.wait({task}, timeout=STOP_GRACE_S)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                log.warning("stopping: batch abandoned before its commit")
+                raise Stopping
+            task.result()
+        finally:
+            stopper.cancel()
 
     async def _wait_or_stop(self, event: asyncio.Event, task: asyncio.Task[None]) -> None:
         stop = asyncio.create_task(self.stop.wait())
@@ -411,7 +432,10 @@ class DeliveryService:
         partition: int | None = None,
     ) -> Awaitable[Any]:
         data = value.encode() if isinstance(value, str) else value
-        return await producer.send(topic, key=key.encode(), value=data, partition=partition)
+        delivery: Awaitable[Any] = await producer.send(
+            topic, key=key.encode(), value=data, partition=partition
+        )
+        return delivery
 
     async def _await_all(self, deliveries: list[Awaitable[Any]]) -> None:
         # a failed send raises KafkaError: the session restarts and the batch is decided again

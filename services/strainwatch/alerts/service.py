@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -21,7 +21,7 @@ from strainwatch.topics import ALERTS_BREAK, ALERTS_STATE
 
 log = structlog.get_logger("strainwatch.alerts")
 
-OutcomeRunner = Callable[[Settings, asyncio.Event], Awaitable[None]]
+OutcomeRunner = Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 def outcome_runner() -> OutcomeRunner | None:
@@ -34,7 +34,7 @@ def outcome_runner() -> OutcomeRunner | None:
         if error.name != "strainwatch.alerts.outcome_runner":
             raise
         return None
-    runner: Any = getattr(module, "run_outcomes", None)
+    runner: OutcomeRunner | None = getattr(module, "run_outcomes", None)
     return runner
 
 

@@ -190,3 +190,13 @@ def test_token_bucket_delays_never_drops() -> None:
 
     elapsed = asyncio.run(main())
     assert elapsed >= 10 / 20.0 - 0.01  # one at once (burst 1), ten more at 20 per second
+
+
+def test_the_example_channels_file_is_valid() -> None:
+    example = Path(__file__).resolve().parents[3] / "deploy" / "alerting" / "channels.example.yaml"
+    config = load_channels(example, {"NTFY_TOKEN": "tk", "ASSEMBLY_HOOK_ID": "42"})
+    assert config.policy("plant-1", "assembly").nudges_per_hour == 4
+    assert [c.label for c in config.channels("plant-1", "assembly", "conditioning_break")] == [
+        "plant-1-ntfy",
+        "assembly-lead-webhook",
+    ]
