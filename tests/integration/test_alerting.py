@@ -380,3 +380,48 @@ def test_storm_of_1000_breaks_is_delivered_without_loss_at_the_channel_rate(
         assert times[i + 100] - times[i] >= 100 / rate - slack, (i, times[i + 100] - times[i])
     assert times[-1] - times[0] >= 999 / rate - slack
     assert proc.terminate() == 0
+
+
+def test_nudge_when_neutral_is_sent_once_the_worker_is_neutral_or_dropped(
+    kafka: Broker, influx: Influx, receiver: Receiver, alerts_proc: Any, tmp_path: Path
+) -> None:
+    from tests.support import FOUR_SEGMENTS, frame
+
+    database = influx.new_database()
+    path = channels_file(tmp_path, receiver.port)
+    path.write_text(
+        path.read_text().replace("quiet_hours: []", "quiet_hours: []\n    nudge_when_neutral: true")
+    )
+    produce(kafka.bootstrap, "roster.v1", [roster_entry("n1"), roster_entry("n2")])
+    at = now_utc() - timedelta(seconds=2)
+    waits = alert_doc("n1", "posture_hold", at)
+    never_neutral = alert_doc("n2", "posture_hold", now_utc() - timedelta(seconds=70))  # no frames
+    produce(kafka.bootstrap, "alerts.break.v1", [waits, never_neutral])
+    proc = alerts_proc(env_for(kafka, influx, database, path)).start()
+
+    dropped = wait_for(
+        lambda: at_least(1, kafka.bootstrap, "alerts.prompts.v1"),
+        timeout_s=60,
+        what="the nudge without frames to be dropped",
+    )
+    assert [(p["alert_id"], p["status"], p["reason"]) for p in dropped] == [
+        (never_neutral["alert_id"], "suppressed", "not_neutral")
+    ]
+    assert read_all(kafka.bootstrap, "device.commands.v1") == []  # n1 still waits: no frames yet
+
+    # n1's device keeps sending: first bent forward, then neutral; the nudge goes once 2 s are neutral
+    sent_frames = [0]
+
+    def send_frame_and_check() -> list[dict[str, Any]] | None:
+        k = sent_frames[0]
+        angles = dict.fromkeys(FOUR_SEGMENTS, 5.0 if k >= 2 else 40.0)
+        produce(kafka.bootstrap, "posture.events.v1", [frame("n1", at + timedelta(seconds=k), angles=angles)])
+        sent_frames[0] += 1
+        return at_least(2, kafka.bootstrap, "alerts.prompts.v1")
+
+    prompts = wait_for(send_frame_and_check, timeout_s=60, what="the nudge to be sent once n1 is neutral")
+    assert (prompts[-1]["alert_id"], prompts[-1]["status"]) == (waits["alert_id"], "sent")
+    assert sent_frames[0] >= 4  # two bent frames, then two neutral seconds at least
+    commands = read_all(kafka.bootstrap, "device.commands.v1")
+    assert [(c["alert_id"], c["haptic"]) for c in commands] == [(waits["alert_id"], "nudge")]
+    assert proc.terminate() == 0
