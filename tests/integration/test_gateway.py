@@ -511,3 +511,78 @@ def test_no_acknowledged_frame_is_lost_across_gateway_kill_and_mosquitto_restart
     finally:
         device.close()
         events.close()
+
+
+def test_kafka_outage_backs_off_loses_nothing_and_sigterm_still_stops_the_gateway(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    from strainwatch.stack.components import start_kafka
+    from strainwatch.stack.procs import free_port, stop
+    from strainwatch.stack.topics import ensure_topics
+
+    port, controller = free_port(), free_port()
+    state = tmp_path / "broker"
+    proc = start_kafka(state, port, controller)
+    kafka = Broker("kafka", f"127.0.0.1:{port}", proc, 4)
+    ensure_topics(kafka.bootstrap, 4)
+    t = tag()
+    dev, worker = f"dev-o-{t}", f"w-o-{t}"
+    mosquitto.provision({dev: "po"})
+    bind(kafka, {dev: worker})
+    client_id = f"gw-{t}"
+    env = {
+        "STRAINWATCH_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "STRAINWATCH_LOG_FORMAT": "json",
+        **mosquitto.gateway_env(client_id),
+    }
+    gateway = GatewayProc(env, tmp_path / "gateway.log")
+    device = Device(mosquitto, dev, "po")
+    events: TopicReader | None = None
+    try:
+        start_and_wait(gateway)
+        events = TopicReader(kafka.bootstrap, "posture.events.v1")
+        wait_forwarding(device, worker, events)
+        events.close()
+        events = None
+
+        stop(kafka.proc)  # Kafka goes away; Mosquitto still accepts the device's frames
+        during = [device_frame(dev, worker) for _ in range(30)]
+        for payload in during:
+            device.publish_acked(f"devices/{dev}/frames", payload)
+        kafka.proc = start_kafka(state, port, controller)
+        events = TopicReader(kafka.bootstrap, "posture.events.v1")
+        wanted = {event_id_of(p) for p in during}
+        wait_for(
+            lambda: wanted <= {event_id_of_safe(r.value) for r in events.poll()},  # type: ignore[union-attr]
+            timeout_s=120,
+            what="frames sent during the outage on Kafka",
+        )
+        events.close()
+        events = None
+
+        # Kafka away again, frames waiting: SIGTERM still stops the gateway within 30 s, and the
+        # frames it never got Kafka to acknowledge come back to the next gateway from Mosquitto
+        stop(kafka.proc)
+        pending = [device_frame(dev, worker) for _ in range(10)]
+        for payload in pending:
+            device.publish_acked(f"devices/{dev}/frames", payload)
+        started = time.monotonic()
+        assert gateway.terminate(timeout_s=30) == 0
+        print(f"stopped {time.monotonic() - started:.1f} s after SIGTERM with Kafka down")
+        kafka.proc = start_kafka(state, port, controller)
+        start_and_wait(gateway)
+        events = TopicReader(kafka.bootstrap, "posture.events.v1")
+        wanted = {event_id_of(p) for p in pending}
+        wait_for(
+            lambda: wanted <= {event_id_of_safe(r.value) for r in events.poll()},  # type: ignore[union-attr]
+            timeout_s=120,
+            what="frames pending at the SIGTERM on Kafka",
+        )
+        assert gateway.terminate() == 0
+    finally:
+        gateway.stop()
+        device.close()
+        if events is not None:
+            events.close()
+        stop(kafka.proc)
+        forget_session(mosquitto, client_id)

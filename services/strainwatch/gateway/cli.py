@@ -16,10 +16,12 @@ def run(
 ) -> None:
     """Forward device frames and acks to Kafka and commands to devices until SIGTERM/SIGINT."""
     from strainwatch.config import get_settings
+    from strainwatch.gateway.log_limits import limit_kafka_client_logs
     from strainwatch.gateway.mqtt_link import MqttSettings
     from strainwatch.gateway.service import Gateway
 
     s = get_settings()
+    limit_kafka_client_logs()
     mqtt = MqttSettings(
         host=s.mqtt_host,
         port=s.mqtt_port,

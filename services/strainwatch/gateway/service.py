@@ -48,7 +48,7 @@ BACKOFF_MAX_S = 10.0
 # on SIGTERM, frames already on their way to Kafka get this long to be acknowledged (fewer
 # redeliveries after a restart); the whole stop stays well within 30 s
 DRAIN_S = 5.0
-CLOSE_TIMEOUT_S = 8.0
+CLOSE_TIMEOUT_S = 5.0
 
 T = TypeVar("T")
 
@@ -138,15 +138,20 @@ class Gateway:
         await asyncio.gather(*self._forwarding, return_exceptions=True)
         if self._link is not None:
             await asyncio.to_thread(self._link.stop)
+        # concurrently: each waits at most CLOSE_TIMEOUT_S, so the whole stop stays far below 30 s
+        clients: list[AIOKafkaConsumer | AIOKafkaProducer] = [roster, producer]
         if commands is not None:
-            await self._close(commands.stop())
-        await self._close(roster.stop())
-        await self._close(producer.stop())
+            clients.append(commands)
+        await asyncio.gather(*(self._close(client.stop()) for client in clients))
         log.info("gateway stopped", **self.counters)
 
     async def _close(self, closing: Awaitable[Any]) -> None:
-        with contextlib.suppress(Exception):
+        # aiokafka's stop() with the broker gone can raise a CancelledError of its own fetch tasks
+        # (measured): closing is best effort, nothing cancels the gateway's own shutdown
+        try:
             await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
+        except (Exception, asyncio.CancelledError) as error:
+            log.warning("closing a Kafka client failed", error=repr(error))
 
     async def _retry(self, what: str, start: Callable[[], Awaitable[T]]) -> T | None:
         """Start a Kafka client, backing off while the broker is unavailable; None when stopping."""
@@ -303,15 +308,16 @@ class Gateway:
         self._warn.warning(f"drop:{key}", "device message dropped", detail=detail[:300])
 
     async def _forward(self, message: Incoming, record: KafkaRecord) -> None:
-        if await self._send(record):
-            self._ack(message)
+        await self._send(record)
+        # acknowledged also when refused for good: redelivering it would fail the same way forever
+        self._ack(message)
 
     def _ack(self, message: Incoming) -> None:
         if self._link is not None:
             self._link.ack(message)
 
     async def _send(self, record: KafkaRecord) -> bool:
-        """Until Kafka acknowledges the record; False if it is refused for good."""
+        """Retries until Kafka acknowledges the record; False only if it is refused for good."""
         assert self._producer is not None
         delay = BACKOFF_START_S
         while True:
@@ -323,10 +329,12 @@ class Gateway:
                 log.error(
                     "record refused by Kafka for its size; dropped", topic=record.topic, error=str(error)
                 )
-                return True
-            except KafkaError as error:
+                return False
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # KafkaError, or a producer in a state it cannot send from
                 self._warn.warning(
-                    "send", "Kafka did not take a record; retrying", topic=record.topic, error=str(error)
+                    "send", "Kafka did not take a record; retrying", topic=record.topic, error=repr(error)
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_S)
