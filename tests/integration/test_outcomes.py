@@ -5,7 +5,12 @@ group publishes nothing twice; a fresh group replaying from the start publishes 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -19,7 +24,7 @@ from strainwatch.alerts.outcome_runner import run_outcomes
 from strainwatch.config import Settings
 from strainwatch.events import BreakAck, ExposureWindow, PromptDecision, ZoneSeconds
 from strainwatch.topics import ALERTS_ACK, ALERTS_PROMPTS, EXPOSURE_WINDOWS
-from tests.integration.conftest import Broker, Influx
+from tests.integration.conftest import Broker, Influx, processor_env
 from tests.support import aligned_start, wait_for
 
 pytestmark = pytest.mark.integration
@@ -83,11 +88,11 @@ def _prompt(
         worker_id=worker,
         site_id="plant-1",
         team="assembly",
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         ts=alert_ts + timedelta(seconds=1),
         alert_ts=alert_ts,
         segment="neck_flexion",
-        status=status,  # type: ignore[arg-type]
+        status=status,
         reason=None if status == "sent" else "budget",
     )
 
@@ -118,7 +123,7 @@ def _ack(p: PromptDecision, ts: datetime, source: str) -> BreakAck:
         ts=ts,
         stage="acknowledgement",
         outcome="taken" if source == "rest" else "acknowledged",
-        source=source,  # type: ignore[arg-type]
+        source=source,
     )
 
 
@@ -297,3 +302,60 @@ def test_outcomes_published_once_and_replayed_identically(
     first_run = sorted(orjson.dumps(o) for o in outcomes)
     assert sorted(orjson.dumps(o) for o in both) == sorted(first_run + first_run)
     assert len(_points(influx, database)) == len(every)
+
+
+def test_stops_within_30_s_while_influxdb_is_down_and_resumes_after(
+    kafka: Broker, influx: Influx, tmp_path: Any
+) -> None:
+    """SIGTERM during an endless InfluxDB retry: exits in time, commits nothing; the restart (same
+    group) decides again and writes the point."""
+    database = influx.new_database()
+    records, expected = _scenario(aligned_start(hours_ago=3), "c")
+    _produce(kafka.bootstrap, records)
+    # the subprocess has the default idle timeout (15 min): the idle worker stays pending
+    expected = {a: e for a, e in expected.items() if e[1] != "channel"}
+    env = {
+        **os.environ,
+        **processor_env(kafka, influx, database, tmp_path / "state"),
+        "STRAINWATCH_LOG_FORMAT": "json",
+    }
+    argv = [sys.executable, "-m", "strainwatch.alerts.outcome_runner"]
+    log_path = tmp_path / "outcomes.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    influx.stop_influxd()
+    try:
+        proc = start()
+        try:
+            wait_for(
+                lambda: "influx write failed" in log_path.read_text(), timeout_s=60, what="a failed write"
+            )
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, log_path.read_text()[-3000:]
+            assert time.monotonic() - started < 30
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        influx.start_influxd()
+    assert _points(influx, database) == {}
+
+    proc = start()
+    try:
+        points = wait_for(
+            lambda: _at_least(_points(influx, database), len(expected)), timeout_s=90, what="break_ack points"
+        )
+        assert {alert_id: p[:2] for alert_id, p in points.items()} == {a: e[:2] for a, e in expected.items()}
+        # published again after the restart: the same message, so alert ids stay one outcome each
+        assert _by_alert(_outcomes(kafka.bootstrap, kafka.partitions)) == expected
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -123,6 +123,8 @@ class OutcomeRunner:
 
     async def run(self) -> None:
         backoff = 0.5
+        # a flush retrying against an unreachable InfluxDB gives up once asked to stop
+        watcher = asyncio.create_task(self._stop_sink_when_stopping())
         try:
             while not self.stop.is_set():
                 try:
@@ -138,9 +140,14 @@ class OutcomeRunner:
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
         finally:
+            watcher.cancel()
             self.sink.request_stop()
             await self.sink.close()
             log.info("outcome tracker stopped", published=self.published, bad_records=self.bad_records)
+
+    async def _stop_sink_when_stopping(self) -> None:
+        await self.stop.wait()
+        self.sink.request_stop()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -149,7 +156,10 @@ class OutcomeRunner:
     async def _session(self) -> None:
         bootstrap = self.settings.kafka_bootstrap
         session_ms = int(self.settings.broker_session_timeout_s * 1000)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        # a send fails within 15 s while Kafka is down: the service backs off and still stops in time
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=5, request_timeout_ms=15_000
+        )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=self.group,
@@ -347,3 +357,28 @@ async def run_outcomes(
     await OutcomeRunner(
         settings, stop, group=group, state_topic=state_topic, idle_timeout_s=idle_timeout_s
     ).run()
+
+
+def main() -> None:
+    """`python -m strainwatch.alerts.outcome_runner`: the tracker alone (for testing; in production
+    `strainwatch alerts run` awaits run_outcomes beside delivery). Stops on SIGTERM or SIGINT."""
+    import signal
+
+    from strainwatch.config import get_settings
+    from strainwatch.logs import configure
+
+    settings = get_settings()
+    configure(settings.log_level, settings.log_format)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_outcomes(settings, stop)
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
