@@ -351,13 +351,13 @@ class OutcomeTracker:
         self._dirty.add(worker_id)
         ack = BreakAck(
             schema_version=1,
-            alert_id=prompt.alert_id,  # type: ignore[arg-type]  # pydantic parses the UUID string
+            alert_id=prompt.alert_id,
             worker_id=worker_id,
             site_id=prompt.site_id,
             ts=from_us(at_us if at_us is not None else prompt.horizon_us),
             stage="outcome",
             outcome=outcome,
-            source=source,  # type: ignore[arg-type]
+            source=source,
         )
         return OutcomeRecord(ack=ack, team=prompt.team, kind=prompt.kind, alert_ts=from_us(prompt.alert_us))
 

@@ -44,11 +44,11 @@ def prompt(
         worker_id=worker,
         site_id="plant-1",
         team="assembly",
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         ts=alert_ts + timedelta(seconds=1),
         alert_ts=alert_ts,
         segment="neck_flexion",
-        status=status,  # type: ignore[arg-type]
+        status=status,
         reason=None if status == "sent" else "budget",
     )
 
@@ -81,9 +81,9 @@ def ack(
         worker_id=p.worker_id,
         site_id=p.site_id,
         ts=ts,
-        stage=stage,  # type: ignore[arg-type]
+        stage=stage,
         outcome="taken" if source == "rest" else "acknowledged",
-        source=source,  # type: ignore[arg-type]
+        source=source,
     )
 
 
