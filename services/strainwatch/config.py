@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     posture_partitions: int = Field(4, ge=1, le=1024)
     raw_retention_days: float = Field(7, gt=0)
 
+    kafka_idempotence: bool = Field(
+        True,
+        description="idempotent Kafka producers (no duplicates on retry); Tansu has no producer ids, so "
+        "the local stack on Tansu turns it off (consumers dedupe by event/alert id anyway)",
+    )
     # MQTT: the device gateway's broker (the local stack runs Mosquitto on 127.0.0.1:mqtt_port)
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(11883, ge=1, le=65535)

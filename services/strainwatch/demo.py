@@ -1,17 +1,17 @@
 """`strainwatch demo`: the whole pipeline on the local stack, then a readable summary.
 
-Brings the stack up if needed, starts the processor, backfills a couple of days for a small fleet,
-streams a short live period in real time, waits until every frame is accounted for, prints a
-summary and, as the last line, one JSON object. If the wait times out it says what is missing and
+Brings the stack up if needed (broker, InfluxDB, Mosquitto), starts the processor, the device
+gateway and the alerting service, backfills a couple of days for a small fleet straight to Kafka,
+then streams a live period from simulated devices over MQTT (they receive their prompts,
+acknowledge some and take some breaks), waits until every frame is accounted for and every alert
+decided, prints a summary (with one channel message as the local webhook received it) and, as the
+last line, one JSON object. If the wait times out it says what is missing and
 exits non-zero instead: the JSON line means every frame was accounted for.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -170,7 +170,7 @@ class DeadLetterCounter:
 def run_demo(
     workers: int, days: float, live_s: float, invalid_rate: float, seed: int, broker: str | None
 ) -> dict[str, Any]:
-    from strainwatch.fleet.cli import paced
+    from strainwatch.demo_services import WebhookReceiver, channels_file, start_service
     from strainwatch.fleet.producer import produce, produce_roster
     from strainwatch.fleet.simulator import FleetSimulator, SimConfig, backfill_config
     from strainwatch.stack.manager import Stack, StackConfig
@@ -179,50 +179,56 @@ def run_demo(
     started = time.monotonic()
     settings = get_settings()
     stack_cfg = StackConfig.from_settings(broker)  # type: ignore[arg-type]
-    console.rule("1/5 local stack")
+    console.rule("1/6 local stack")
     Stack(stack_cfg).up()
     console.print(
-        f"broker [bold]{stack_cfg.broker}[/] at {stack_cfg.bootstrap}, InfluxDB at {stack_cfg.influx_url}"
+        f"broker [bold]{stack_cfg.broker}[/] at {stack_cfg.bootstrap}, InfluxDB at {stack_cfg.influx_url}, "
+        f"Mosquitto at 127.0.0.1:{stack_cfg.mqtt_port}"
     )
 
     run_at = datetime.now(UTC).replace(microsecond=0)
     site = f"demo-{run_at:%Y%m%d%H%M%S}"
     dead_letters = DeadLetterCounter(stack_cfg.bootstrap)  # from where the topic ends now
+    state_dir = Path(stack_cfg.state_dir)
+    webhook = WebhookReceiver()
+    webhook_port = webhook.start()
 
-    console.rule("2/5 processor")
-    log_path = Path(stack_cfg.state_dir) / "logs" / "processor.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    console.rule("2/6 processor, device gateway, alerting service")
     env = {
         **os.environ,
         "STRAINWATCH_KAFKA_BOOTSTRAP": stack_cfg.bootstrap,
         "STRAINWATCH_INFLUX_URL": stack_cfg.influx_url,
         "STRAINWATCH_INFLUX_BUCKET": stack_cfg.influx_bucket,
         "STRAINWATCH_POSTURE_PARTITIONS": str(stack_cfg.posture_partitions),
+        "STRAINWATCH_MQTT_PORT": str(stack_cfg.mqtt_port),
+        # Tansu has no idempotent producers (InitProducerId fails); duplicates are deduplicated downstream
+        "STRAINWATCH_KAFKA_IDEMPOTENCE": "false" if stack_cfg.broker == "tansu" else "true",
+        "STRAINWATCH_MQTT_PASSWORD": stack_cfg.mqtt_gateway_password,
+        "STRAINWATCH_CHANNELS_FILE": str(channels_file(state_dir / "demo-channels.yaml", site, webhook_port)),
         "STRAINWATCH_LOG_FORMAT": "json",
     }
-    with open(log_path, "ab") as log_file:
-        processor = subprocess.Popen(
-            [sys.executable, "-m", "strainwatch.cli", "processor"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    console.print(f"processor pid {processor.pid}, log {log_path}")
+    logs = state_dir / "logs"
+    services = [
+        start_service("processor", ["processor"], env, logs),
+        start_service("gateway", ["gateway", "run"], env, logs),
+        start_service("alerting service", ["alerts", "run"], env, logs),
+    ]
+    for service in services:
+        console.print(f"{service.name}: pid {service.popen.pid}, log {service.log_path}")
     try:
-        console.rule(f"3/5 backfill: {workers} workers, {days:g} days of history")
+        console.rule(f"3/6 backfill: {workers} workers, {days:g} days of history")
         history = FleetSimulator(
             backfill_config(
                 days=days, workers=workers, now=run_at, seed=seed, site_id=site, invalid_rate=invalid_rate
             )
         )
-        # the roster first: points carry each worker's team from the first frame on
+        # the roster first: points carry each worker's team, and the gateway binds each device
         rostered = produce_roster(history.roster(), stack_cfg.bootstrap, ROSTER.name)
         console.print(f"roster: {rostered} workers in {len({e['team'] for e in history.roster()})} teams")
         backfill = produce(history.frames(), stack_cfg.bootstrap, POSTURE_EVENTS.name, progress=True)
         console.print(f"backfilled {backfill.frames_produced:,} frames in {backfill.elapsed_s:.1f} s")
 
-        console.rule(f"4/5 live: {live_s:g} s of 1-second frames at 10 Hz")
+        console.rule(f"4/6 live: {live_s:g} s of 1-second frames at 10 Hz from devices over MQTT")
         live_cfg = SimConfig(
             workers=workers,
             rate_hz=10.0,
@@ -233,23 +239,22 @@ def run_demo(
             invalid_rate=invalid_rate,
             site_id=site,
         )
-        live = produce(
-            paced(FleetSimulator(live_cfg).frames(), 1.0),
-            stack_cfg.bootstrap,
-            POSTURE_EVENTS.name,
-            progress=True,
+        live = run_devices(FleetSimulator(live_cfg), state_dir, stack_cfg.mqtt_port, linger_s=15.0)
+        console.print(
+            f"devices published {live.frames:,} frames, received {live.stats['commands']} commands, "
+            f"sent {live.stats['acks_sent']} acknowledgements, took {live.stats['breaks_taken']} breaks"
         )
-        produced = backfill.frames_produced + live.frames_produced
-        valid = backfill.valid_frames + live.valid_frames
-        invalid = backfill.invalid_frames + live.invalid_frames
+        produced = backfill.frames_produced + live.frames
+        valid = backfill.valid_frames + live.valid
+        invalid = backfill.invalid_frames + live.invalid
 
-        console.rule("5/5 waiting for the processor to account for every frame")
+        console.rule("5/6 waiting for the processor to account for every frame")
         ql = InfluxQL(stack_cfg.influx_url, settings.influx_token.get_secret_value(), stack_cfg.influx_bucket)
         where = f"\"site\" = '{site}'"
 
         def poll() -> tuple[int, int]:
-            if processor.poll() is not None:
-                raise RuntimeError(f"the processor exited ({processor.returncode}); see {log_path}")
+            for service in services:
+                service.check()
             try:
                 processed = int(ql.scalar(influxql.exposure_field_sum("frames", where)))
             except InfluxQLError:
@@ -257,26 +262,92 @@ def run_demo(
             return processed, dead_letters.read()
 
         accounting = await_accounting(poll, valid, invalid)
+        console.rule("6/6 waiting for the alerting service to decide every alert")
+        decided = await_prompts(ql, where, services)
         summary = _summary(ql, where, site)
+        summary["prompts_all_decided"] = decided
     finally:
-        processor.send_signal(signal.SIGTERM)
-        try:
-            processor.wait(40)
-        except subprocess.TimeoutExpired:
-            processor.kill()
+        for service in services:
+            service.stop()
         dead_letters.close()
-    by_reason = Counter(backfill.by_reason) + Counter(live.by_reason)
+        webhook.stop()
+    by_reason = Counter(backfill.by_reason) + live.by_reason
     processed, dead = accounting.processed, accounting.dead_lettered
+    summary["channel_messages"] = list(webhook.bodies)
+    summary["devices"] = live.stats
     _print_summary(summary, produced, processed, dead, by_reason, site)
     verdict(accounting)  # after the summary, which shows the counts; no JSON line on failure
+    prompts = summary["prompts"]
     return {
         "frames_produced": produced,
         "frames_processed": processed,
         "dead_lettered": dead,
         "exposure_points": summary["exposure_points"],
+        "alerts": sum(summary["alerts"].values()),
+        "prompts_sent": prompts.get("sent", 0),
+        "prompts_suppressed": sum(v for k, v in prompts.items() if k != "sent"),
+        "device_commands_received": sum(live.stats["commands"].values()),
+        "channel_messages": len(webhook.bodies),
+        "outcomes": summary["outcomes"],
         "influx_url": stack_cfg.influx_url,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
+
+
+@dataclass
+class LiveRun:
+    frames: int
+    valid: int
+    invalid: int
+    by_reason: Counter[str]
+    stats: dict[str, Any]
+
+
+def run_devices(sim: Any, state_dir: Path, mqtt_port: int, linger_s: float) -> LiveRun:
+    """The live fleet as MQTT devices: each publishes its frames with its own account, acknowledges
+    half of its prompts and takes half of its breaks (its posture then goes neutral)."""
+    import asyncio
+
+    from strainwatch.fleet import devices as fleet_devices
+    from strainwatch.fleet.behaviour import DevicePolicy
+    from strainwatch.fleet.devices import MqttFleet, MqttTarget, device_password
+    from strainwatch.stack import mosquitto
+
+    mosquitto.provision_devices(state_dir, {w.device_id: device_password(w.device_id) for w in sim.workers})
+    counts: Counter[str] = Counter()
+    original = fleet_devices.SimDevice.publish_frame
+
+    def publish_frame(device: Any, item: Any) -> None:  # count what each device sends, by validity
+        counts[item.expected_reason.value if item.expected_reason else "valid"] += 1
+        original(device, item)
+
+    fleet = MqttFleet(
+        sim, MqttTarget(port=mqtt_port), DevicePolicy(ack_share=0.5, take_share=0.5, report_rest=True, seed=3)
+    )
+    fleet_devices.SimDevice.publish_frame = publish_frame  # type: ignore[method-assign]
+    try:
+        stats = asyncio.run(fleet.run(paced=True, linger_s=linger_s))
+    finally:
+        fleet_devices.SimDevice.publish_frame = original  # type: ignore[method-assign]
+    valid = counts.pop("valid", 0)
+    return LiveRun(valid + sum(counts.values()), valid, sum(counts.values()), counts, stats.as_dict())
+
+
+def await_prompts(ql: InfluxQL, where: str, services: list[Any], timeout_s: float = 120.0) -> bool:
+    """Until the alerting service has written a decision for every alert of the site."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for service in services:
+            service.check()
+        try:
+            alerts = sum(int(s["values"][0][1]) for s in ql.query(influxql.break_alert_counts("kind", where)))
+            decided = sum(int(s["values"][0][1]) for s in ql.query(influxql.break_prompt_counts(where)))
+        except InfluxQLError:
+            alerts = decided = 0
+        if decided >= alerts:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def _summary(ql: InfluxQL, where: str, site: str) -> dict[str, Any]:
@@ -300,7 +371,23 @@ def _summary(ql: InfluxQL, where: str, site: str) -> dict[str, Any]:
     for s in ql.query(f'SELECT {cols} FROM "exposure" WHERE {where} GROUP BY "team"'):
         values = dict(zip(fields, s["values"][0][1:], strict=True))
         teams[s["tags"]["team"]] = {k: float(v or 0) for k, v in values.items()}
-    return {"site": site, "exposure_points": points, "alerts": alerts, "teams": teams}
+    prompts: Counter[str] = Counter()
+    for series in ql.query(influxql.break_prompt_counts(where)):
+        tags = series.get("tags") or {}
+        key = "sent" if tags.get("status") == "sent" else f"suppressed: {tags.get('reason') or '?'}"
+        prompts[key] += int(series["values"][0][1])
+    outcomes = {
+        (s.get("tags") or {}).get("outcome", "?"): int(s["values"][0][1])
+        for s in ql.query(influxql.break_ack_counts(where))
+    }
+    return {
+        "site": site,
+        "exposure_points": points,
+        "alerts": alerts,
+        "teams": teams,
+        "prompts": dict(prompts),
+        "outcomes": outcomes,
+    }
 
 
 def _print_summary(
@@ -323,6 +410,32 @@ def _print_summary(
     out.print(
         f"break alerts: {alerts.get('conditioning_break', 0)} conditioning breaks, "
         f"{alerts.get('posture_hold', 0)} posture nudges"
+    )
+    prompts = summary["prompts"]
+    out.print(
+        "break prompts: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(prompts.items())) or "none decided")
+        + ("" if summary.get("prompts_all_decided", True) else "  [yellow](not every alert decided yet)[/]")
+    )
+    devices = summary.get("devices") or {}
+    commands = devices.get("commands") or {}
+    out.print(
+        f"simulated devices received {sum(commands.values())} commands "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(commands.items())) or 'none'}), "
+        f"acknowledged {devices.get('acks_sent', 0)}, took {devices.get('breaks_taken', 0)} breaks"
+    )
+    messages = summary.get("channel_messages") or []
+    out.print(f"channel messages received by the local webhook: {len(messages)}")
+    if messages:
+        example = messages[-1]
+        out.print(
+            "  example: " + str(example.get("title", "")) + " | " + str(example.get("message", example))
+        )
+    outcomes = summary["outcomes"]
+    out.print(
+        "break outcomes: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "none decided yet")
+        + " (a prompt's outcome is decided within 10 minutes of event time)"
     )
     table = Table(title="Exposure by team (share of wear time)")
     for column in (
@@ -359,7 +472,7 @@ def _print_summary(
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        workers: int = typer.Option(10, min=1, max=2_000, help="simulated workers"),
+        workers: int = typer.Option(10, min=1, max=2_000, help="simulated workers (devices over MQTT)"),
         days: float = typer.Option(2.0, min=0, max=31, help="days of history to backfill"),
         live_s: float = typer.Option(30.0, "--live-s", min=0, max=3_600, help="seconds of live streaming"),
         invalid_rate: float = typer.Option(0.01, min=0, max=1, help="share of malformed frames"),

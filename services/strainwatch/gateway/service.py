@@ -23,6 +23,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
 
+from strainwatch.config import get_settings
 from strainwatch.gateway.mqtt_link import Incoming, MqttLink, MqttSettings
 from strainwatch.gateway.routing import (
     ACKS_SUBSCRIPTION,
@@ -179,7 +180,7 @@ class Gateway:
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
-            enable_idempotence=True,
+            enable_idempotence=get_settings().kafka_idempotence,
             linger_ms=5,
             max_request_size=4 * 1024 * 1024,  # dead letters of the largest frames (topics.py)
             request_timeout_ms=30_000,

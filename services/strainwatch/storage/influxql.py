@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from strainwatch.storage.measurements import BREAK_ALERT, EXPOSURE
+from strainwatch.storage.measurements import BREAK_ACK, BREAK_ALERT, BREAK_PROMPT, EXPOSURE
 
 
 class InfluxQLError(RuntimeError):
@@ -83,3 +83,13 @@ def break_alert_counts(by: str = "kind", where: str = "") -> str:
 def break_alert_points(where: str = "") -> str:
     """Every alert point with its tags (segment included) as series tags."""
     return f'SELECT "dose", "alert_id" FROM "{BREAK_ALERT}"{_where(where)} GROUP BY *'
+
+
+def break_prompt_counts(where: str = "") -> str:
+    """Prompt decisions per status and reason (suppressed ones carry their reason)."""
+    return f'SELECT COUNT("alert_id") FROM "{BREAK_PROMPT}"{_where(where)} GROUP BY "status", "reason"'
+
+
+def break_ack_counts(where: str = "") -> str:
+    """Break outcomes per outcome (taken, acknowledged, ignored)."""
+    return f'SELECT COUNT("alert_id") FROM "{BREAK_ACK}"{_where(where)} GROUP BY "outcome"'
