@@ -26,7 +26,7 @@ STRAINWATCH_VAR = re.compile(r"\bSTRAINWATCH_[A-Z0-9_]+\b")
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 # commands the compose file runs that are still being built by others (remove as they land)
-PENDING_COMMANDS = {("alerts", "run"), ("gateway", "run")}
+PENDING_COMMANDS: set[tuple[str, ...]] = set()
 
 
 def load_compose() -> dict[str, Any]:
@@ -362,3 +362,14 @@ def test_dockerignore_keeps_secrets_and_state_out_of_the_image() -> None:
     assert rules[0] == "*", "ignore everything, then allow what the image needs"
     assert "!services/" in rules and "!pyproject.toml" in rules
     assert not any(r.startswith("!deploy") for r in rules), "deploy/.env holds secrets"
+
+
+def test_the_deployed_mosquitto_acl_is_the_local_stacks() -> None:
+    """A device may touch only its own topics, in production as in the local stack and tests."""
+    from strainwatch.stack.mosquitto import render_acl
+
+    def rules(text: str) -> list[str]:
+        return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+    assert rules((REPO / "deploy" / "mosquitto" / "acl").read_text()) == rules(render_acl())
+    assert "acl_file /mosquitto/config/acl" in (REPO / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
