@@ -425,3 +425,20 @@ def test_nudge_when_neutral_is_sent_once_the_worker_is_neutral_or_dropped(
     commands = read_all(kafka.bootstrap, "device.commands.v1")
     assert [(c["alert_id"], c["haptic"]) for c in commands] == [(waits["alert_id"], "nudge")]
     assert proc.terminate() == 0
+
+
+def test_backs_off_while_kafka_is_down_and_stops_on_sigterm(alerts_proc: Any, tmp_path: Path) -> None:
+    from strainwatch.stack.procs import free_port
+
+    env = {
+        "STRAINWATCH_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",  # nothing listens there
+        "STRAINWATCH_LOG_FORMAT": "json",
+    }
+    proc = alerts_proc(env).start()
+    wait_for(
+        lambda: "kafka unavailable, backing off" in proc.log(),
+        timeout_s=60,
+        what="the service to report Kafka down",
+    )
+    assert proc.popen is not None and proc.popen.poll() is None  # still running, not crashed
+    assert proc.terminate() == 0

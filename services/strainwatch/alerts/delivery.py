@@ -149,6 +149,7 @@ class DeliveryService:
         self._late: list[tuple[str, pol.Decision]] = []  # decided by posture frames or the clock
         self._errors = RateLimitedLog(log, interval_s=10.0)
         self._assigned: set[int] = set()
+        self._restored_partitions: set[int] = set()  # assigned partitions whose state is in memory
         self._posture: AIOKafkaConsumer | None = None
 
     # ---- the loop -------------------------------------------------------------------------
@@ -216,6 +217,7 @@ class DeliveryService:
                 await producer.stop()
             self.book = WorkerBook()
             self._assigned = set()
+            self._restored_partitions = set()
 
     async def _until_stopped(self, work: Awaitable[None]) -> None:
         """Run one batch; once asked to stop, give it STOP_GRACE_S, then abandon it uncommitted
@@ -250,9 +252,12 @@ class DeliveryService:
     async def _process(
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, batches: dict[TopicPartition, list[Any]]
     ) -> None:
+        await self._restore_missing()
         outcomes: list[_Outcome] = []
         offsets: dict[TopicPartition, int] = {}
         for tp, records in batches.items():
+            if tp.partition not in self._assigned:
+                continue  # fetched before a rebalance took it away: its new owner decides these
             for record in records:
                 offsets[tp] = record.offset + 1
                 outcome = self._decide(record.value, tp.partition)
@@ -486,7 +491,7 @@ class DeliveryService:
         finally:
             await reader.stop()
         log.info(
-            "state restored",
+            "delivery state restored",
             partitions=sorted(partitions),
             records=restored,
             seconds=round(time.monotonic() - started, 2),
@@ -527,14 +532,26 @@ class DeliveryService:
             await reader.stop()
 
     async def on_assigned(self, partitions: set[int]) -> None:
+        """Keep the state of partitions we keep (a batch in flight may not have persisted it yet),
+        drop the ones that moved away. New partitions are restored by the loop before it decides
+        anything (_restore_missing): aiokafka may hand out their records before this listener
+        runs, and it only logs a listener's exception."""
+        before = self._assigned
+        self.book.drop_partitions(before - partitions)
+        self._restored_partitions &= partitions
         self._assigned = set(partitions)
-        await self.restore(partitions)
         if self._posture is not None:
             self._assign_posture()
 
+    async def _restore_missing(self) -> None:
+        missing = self._assigned - self._restored_partitions
+        if missing:
+            await self.restore(missing)
+            self._restored_partitions |= missing
+
     def on_revoked(self, partitions: set[int]) -> None:
-        self.book.drop_partitions(partitions)
-        self._assigned -= partitions
+        # nothing dropped yet: on_assigned knows which partitions really moved
+        log.info("partitions revoked", partitions=sorted(partitions))
 
     def _assign_posture(self) -> None:
         # the posture partitions of the assigned workers (co-partitioned), from their end: only

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -59,12 +60,45 @@ def ensure_state_topic(bootstrap: str) -> None:
         admin.close()
 
 
+async def _in_daemon_thread(fn: Callable[[], None], stop: asyncio.Event) -> bool:
+    """Run a blocking call (kafka-python's admin waits up to 30 s for a broker) in a daemon thread:
+    unlike asyncio.to_thread, a stop does not wait for it. False if stopped first."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as error:  # handed to the awaiting coroutine
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, error)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, None)
+
+    threading.Thread(target=target, name="ensure-state-topic", daemon=True).start()
+    stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({done, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not done.done():
+        return False
+    done.result()
+    return True
+
+
 async def _ensure_state_topic(settings: Settings, stop: asyncio.Event) -> bool:
     backoff = 0.5
     while not stop.is_set():
         try:
-            await asyncio.to_thread(ensure_state_topic, settings.kafka_bootstrap)
-            return True
+            return await _in_daemon_thread(lambda: ensure_state_topic(settings.kafka_bootstrap), stop)
         except (KafkaError, OSError) as error:
             log.warning("kafka unavailable, backing off", error=str(error)[:300], backoff_s=backoff)
             with contextlib.suppress(TimeoutError):
