@@ -204,7 +204,9 @@ class PromptDecision(Message):
     alert_ts: AwareDatetime = Field(description="event time of the alert (the sample that crossed the rule)")
     segment: str
     status: Literal["sent", "suppressed"]
-    reason: Literal["budget", "quiet_hours", "scheduled_break", "not_neutral", "duplicate"] | None = None
+    reason: (
+        Literal["budget", "quiet_hours", "scheduled_break", "not_neutral", "duplicate", "stale"] | None
+    ) = None
     device_id: Ident | None = None
     routine_id: str | None = Field(default=None, max_length=64)
     channels_ok: int = Field(default=0, ge=0, description="channel messages delivered")

@@ -235,24 +235,30 @@ def test_decisions_reach_device_channel_prompts_and_influx_and_survive_a_restart
     broker: Broker, influx: Influx, receiver: Receiver, alerts_proc: Any, tmp_path: Path
 ) -> None:
     database = influx.new_database()
-    at = now_utc() - timedelta(minutes=5)
+    at = now_utc() - timedelta(minutes=2)
     local_now = at.strftime("%H:%M")
     later = (at + timedelta(minutes=10)).strftime("%H:%M")
     produce(
         broker.bootstrap,
         "roster.v1",
-        [roster_entry("w1"), roster_entry("w2", scheduled_breaks=[f"{local_now}-{later}"])],
+        [
+            roster_entry("w1"),
+            roster_entry("w2", scheduled_breaks=[f"{local_now}-{later}"]),
+            roster_entry("w3"),
+        ],
     )
     sent = alert_doc("w1", "conditioning_break", at)
     in_break = alert_doc("w2", "posture_hold", at)
-    produce(broker.bootstrap, "alerts.break.v1", [sent, in_break])
+    # an hour old when decided (history from a device's memory): no prompt reaches anyone
+    stale = alert_doc("w3", "conditioning_break", now_utc() - timedelta(hours=1))
+    produce(broker.bootstrap, "alerts.break.v1", [sent, in_break, stale])
     env = env_for(broker, influx, database, channels_file(tmp_path, receiver.port))
     proc = alerts_proc(env).start()
 
     prompts = wait_for(
-        lambda: at_least(2, broker.bootstrap, "alerts.prompts.v1"),
+        lambda: at_least(3, broker.bootstrap, "alerts.prompts.v1"),
         timeout_s=60,
-        what=f"two prompt decisions; log: {proc.log()}",
+        what=f"three prompt decisions; log: {proc.log()}",
     )
     by_alert = {p["alert_id"]: p for p in prompts}
     assert by_alert[sent["alert_id"]]["status"] == "sent"
@@ -262,6 +268,10 @@ def test_decisions_reach_device_channel_prompts_and_influx_and_survive_a_restart
     assert (by_alert[in_break["alert_id"]]["status"], by_alert[in_break["alert_id"]]["reason"]) == (
         "suppressed",
         "scheduled_break",
+    )
+    assert (by_alert[stale["alert_id"]]["status"], by_alert[stale["alert_id"]]["reason"]) == (
+        "suppressed",
+        "stale",
     )
 
     # the exact JSON apprise posts
@@ -289,9 +299,9 @@ def test_decisions_reach_device_channel_prompts_and_influx_and_survive_a_restart
             for s in series
             for row in s["values"]
         ]
-        return rows if len(rows) >= 2 else None
+        return rows if len(rows) >= 3 else None
 
-    rows = {r["alert_id"]: r for r in wait_for(points, timeout_s=30, what="two break_prompt points")}
+    rows = {r["alert_id"]: r for r in wait_for(points, timeout_s=30, what="three break_prompt points")}
     assert rows[sent["alert_id"]]["status"] == "sent" and rows[sent["alert_id"]]["channels_ok"] == 1
     assert rows[sent["alert_id"]]["time"] == int(at.timestamp())
     assert rows[in_break["alert_id"]]["reason"] == "scheduled_break"
@@ -302,9 +312,9 @@ def test_decisions_reach_device_channel_prompts_and_influx_and_survive_a_restart
     produce(broker.bootstrap, "alerts.break.v1", [sent])
     proc = alerts_proc(env).start()
     prompts = wait_for(
-        lambda: at_least(3, broker.bootstrap, "alerts.prompts.v1"),
+        lambda: at_least(4, broker.bootstrap, "alerts.prompts.v1"),
         timeout_s=60,
-        what=f"a third decision; log: {proc.log()}",
+        what=f"a fourth decision; log: {proc.log()}",
     )
     assert (prompts[-1]["alert_id"], prompts[-1]["status"], prompts[-1]["reason"]) == (
         sent["alert_id"],

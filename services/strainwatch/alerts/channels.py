@@ -86,6 +86,9 @@ class SiteConfig(BaseModel):
     nudges_per_hour: int = Field(6, ge=0)
     nudges_per_shift: int = Field(24, ge=0)
     nudge_when_neutral: bool = False
+    max_alert_age_s: float = Field(
+        300.0, ge=0, description="older alerts are suppressed `stale`; 0: no limit"
+    )
     channels: tuple[Channel, ...] = ()
     teams: dict[str, TeamConfig] = Field(default_factory=dict)
 
@@ -134,6 +137,7 @@ class ChannelsConfig(BaseModel):
             nudges_per_hour=pick("nudges_per_hour"),
             nudges_per_shift=pick("nudges_per_shift"),
             nudge_when_neutral=pick("nudge_when_neutral"),
+            max_alert_age_s=site.max_alert_age_s,
         )
 
     def channels(self, site_id: str, team: str | None, kind: str) -> list[Channel]:

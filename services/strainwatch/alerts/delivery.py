@@ -289,7 +289,7 @@ class DeliveryService:
         team = alert.team or (roster.team if roster else None)
         policy = self.config.policy(alert.site_id, team)
         state = self.book.state(worker, partition)
-        result = pol.decide(alert, roster, policy, state)
+        result = pol.decide(alert, roster, policy, state, now=time.time())
         self.book.dirty.add(worker)
         if isinstance(result, pol.PendingNudge):
             return None  # decided later by the worker's frames or the clock

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from strainwatch.events import BreakAlert, RosterEntry
 
-Reason = Literal["budget", "quiet_hours", "scheduled_break", "not_neutral", "duplicate"]
+Reason = Literal["budget", "quiet_hours", "scheduled_break", "not_neutral", "duplicate", "stale"]
 
 HOUR_S = 3600.0
 FIXED_SHIFT_S = 8 * HOUR_S  # the shift when the roster names none the site defines
@@ -72,6 +72,9 @@ class Policy:
     nudge_when_neutral: bool = False
     neutral_hold_s: float = 2.0
     neutral_timeout_s: float = 60.0
+    # a prompt about a posture older than this would reach the worker too late to mean anything
+    # (history backfilled from a device's memory, a service back after an outage); 0: no limit
+    max_alert_age_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +135,22 @@ def _count_since(times: list[float], since: float, until: float) -> int:
 
 
 def decide(
-    alert: BreakAlert, roster: RosterEntry | None, policy: Policy, state: WorkerPolicyState
+    alert: BreakAlert,
+    roster: RosterEntry | None,
+    policy: Policy,
+    state: WorkerPolicyState,
+    now: float | None = None,
 ) -> Decision | PendingNudge:
-    """Decide one alert, updating the worker's state. The checks, in order: duplicate, scheduled
-    break, quiet hours, then for posture nudges the hourly and per-shift budget and the optional
-    wait for a neutral posture."""
+    """Decide one alert, updating the worker's state. The checks, in order: duplicate, stale (the
+    alert is older than max_alert_age_s at `now`, the wall clock of the decision; None skips the
+    check), scheduled break, quiet hours, then for posture nudges the hourly and per-shift budget
+    and the optional wait for a neutral posture."""
     alert_id = str(alert.alert_id)
     ts = epoch(alert.ts)
     if alert_id in state.decided or alert_id in state.pending:
         return Decision(alert, "suppressed", "duplicate")
+    if now is not None and policy.max_alert_age_s > 0 and now - ts > policy.max_alert_age_s:
+        return _remember(state, Decision(alert, "suppressed", "stale"))
     if roster is not None and roster.scheduled_breaks:
         breaks = [ClockRange.parse(text) for text in roster.scheduled_breaks if _valid_range(text)]
         if in_ranges(ts, policy.timezone, breaks):

@@ -256,3 +256,17 @@ def test_neutral_samples_follow_the_profile_zones() -> None:
     present = {"neck_flexion": [10.0, 30.0, -5.0, 10.0], "trunk_lateral": [-5.0, 0.0, 0.0, -12.0]}
     assert neutral_samples(present, zones) == [True, False, False, False]
     assert neutral_samples({"unknown": [1.0]}, zones) == []
+
+
+def test_an_alert_older_than_the_age_limit_is_stale_and_remembered() -> None:
+    state = WorkerPolicyState()
+    old = alert("conditioning_break")
+    now = T0.timestamp() + 301
+    assert decide(old, None, Policy(), state, now=now) == Decision(old, "suppressed", "stale")
+    assert decide(old, None, Policy(), state, now=now).reason == "duplicate"  # decided once
+    fresh = alert("conditioning_break", at=T0)
+    assert decide(fresh, None, Policy(), WorkerPolicyState(), now=T0.timestamp() + 299).status == "sent"
+    assert (
+        decide(fresh, None, Policy(max_alert_age_s=0), WorkerPolicyState(), now=now + 10**6).status == "sent"
+    )
+    assert decide(fresh, None, Policy(), WorkerPolicyState()).status == "sent"  # no clock: no age check
