@@ -345,8 +345,10 @@ def main() -> None:
                 for service in services:
                     if service.popen.poll() is not None:
                         raise RuntimeError(f"{service.name} exited; see {service.log_path}")
+                # a seed per load: frames (and their event ids) differ from one load to the next, so a
+                # crossing frame's record on posture.events.v1 is found by its event id alone
                 runs.append(
-                    asyncio.run(run_load(load, args.prompts, args.timeout_s, settings.mqtt_port, seed=7))
+                    asyncio.run(run_load(load, args.prompts, args.timeout_s, settings.mqtt_port, seed=7 + n))
                 )
             results = analyse(runs, settings.kafka_bootstrap)
         finally:
