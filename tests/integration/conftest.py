@@ -160,16 +160,22 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
 
 
 class ProcessorProc:
-    """`strainwatch processor` as a real subprocess, so tests can SIGTERM or kill -9 it."""
+    """`strainwatch processor` (or another service command) as a real subprocess, so tests can
+    SIGTERM or kill -9 it."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, script: Path | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        script: Path | None = None,
+        command: tuple[str, ...] = ("processor",),
+    ) -> None:
         self.env = env
         self.log_path = log_path
-        # a script standing in for `strainwatch processor` (a processor with an injected fault)
+        self.name = " ".join(command)
+        # a script standing in for the command (a processor with an injected fault)
         self.argv = (
-            [sys.executable, str(script)]
-            if script
-            else [sys.executable, "-m", "strainwatch.cli", "processor"]
+            [sys.executable, str(script)] if script else [sys.executable, "-m", "strainwatch.cli", *command]
         )
         self.popen: subprocess.Popen[bytes] | None = None
 
@@ -196,7 +202,7 @@ class ProcessorProc:
             return self.popen.wait(timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(self.popen.pid, signal.SIGKILL)
-            raise AssertionError(f"processor ignored SIGTERM for {timeout_s} s; log: {self.log()}") from None
+            raise AssertionError(f"{self.name} ignored SIGTERM for {timeout_s} s: {self.log()}") from None
 
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from strainwatch.events import BreakAck, DeadLetter, DeadReason
 from strainwatch.fleet.producer import produce_roster
-from tests.integration.conftest import Broker, Mosquitto
+from tests.integration.conftest import Broker, Mosquitto, ProcessorProc
 from tests.support import encode, frame, wait_for
 
 pytestmark = pytest.mark.integration
@@ -37,59 +33,21 @@ pytestmark = pytest.mark.integration
 # --- helpers -----------------------------------------------------------------------------------
 
 
-class GatewayProc:
+class GatewayProc(ProcessorProc):
     """`strainwatch gateway run` as a subprocess, so tests can SIGTERM or kill -9 it."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the subprocess owns it
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "strainwatch.cli", "gateway", "run"],
-            env={**os.environ, **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def kill9(self) -> None:
-        assert self.popen is not None
-        os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(10)
-
-    def terminate(self, timeout_s: float = 30.0) -> int:
-        assert self.popen is not None
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            raise AssertionError(f"gateway ignored SIGTERM for {timeout_s} s; log: {self.log()}") from None
-
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        super().__init__(env, log_path, command=("gateway", "run"))
 
     def events(self, name: str) -> int:
         count = 0
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        for line in self.full_log().splitlines():
             try:
                 if json.loads(line).get("event") == name:
                     count += 1
             except ValueError:
                 continue
         return count
-
-    def stop(self) -> None:
-        if self.running():
-            assert self.popen is not None
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
 
 
 class Device:

@@ -36,6 +36,7 @@ from strainwatch.alerts.channels import ChannelsConfig
 from strainwatch.alerts.messages import describe
 from strainwatch.alerts.notify import ChannelSender
 from strainwatch.alerts.state import from_record, to_record
+from strainwatch.alerts.state_topic import read_to_end
 from strainwatch.config import Settings
 from strainwatch.events import (
     BreakAlert,
@@ -466,30 +467,18 @@ class DeliveryService:
         if not partitions:
             return
         started = time.monotonic()
-        reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
-        await reader.start()
         restored = 0
-        try:
-            tps = [TopicPartition(ALERTS_STATE.name, p) for p in partitions]
-            reader.assign(tps)
-            await reader.seek_to_beginning(*tps)
-            ends = await reader.end_offsets(tps)
-            waiting = {tp for tp in tps if ends[tp] > 0}
-            while waiting:
-                batches = await reader.getmany(*waiting, timeout_ms=500)
-                for tp, records in batches.items():
-                    for record in records:
-                        try:
-                            worker, state = from_record(record.value or b"")
-                        except ValidationError:
-                            self._errors.warning("bad-state", "unreadable state record skipped")
-                            continue
-                        self.book.states[worker] = state
-                        self.book.partition_of[worker] = tp.partition
-                        restored += 1
-                waiting = {tp for tp in waiting if await reader.position(tp) < ends[tp]}
-        finally:
-            await reader.stop()
+        async for partition, value in read_to_end(
+            self.settings.kafka_bootstrap, ALERTS_STATE.name, partitions
+        ):
+            try:
+                worker, state = from_record(value)
+            except ValidationError:
+                self._errors.warning("bad-state", "unreadable state record skipped")
+                continue
+            self.book.states[worker] = state
+            self.book.partition_of[worker] = partition
+            restored += 1
         log.info(
             "delivery state restored",
             partitions=sorted(partitions),

@@ -34,6 +34,7 @@ from kafka.errors import TopicAlreadyExistsError
 from pydantic import ValidationError
 
 from strainwatch.alerts.outcomes import DEFAULT_IDLE_TIMEOUT_S, OutcomeRecord, OutcomeTracker
+from strainwatch.alerts.state_topic import read_to_end
 from strainwatch.config import Settings
 from strainwatch.events import BreakAck, ExposureWindow, PromptDecision
 from strainwatch.logs import RateLimitedLog
@@ -290,33 +291,17 @@ class OutcomeRunner:
         if not partitions:
             return
         started = time.monotonic()
-        reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
-        await reader.start()
         restored = 0
-        try:
-            tps = [TopicPartition(self.state_topic, p) for p in sorted(partitions)]
-            reader.assign(tps)
-            await reader.seek_to_beginning(*tps)
-            ends = await reader.end_offsets(tps)
-            waiting = {tp for tp in tps if ends[tp] > 0}
-            while waiting:
-                batches = await reader.getmany(*waiting, timeout_ms=500)
-                for tp, records in batches.items():
-                    for record in records:
-                        if record.value is None:
-                            continue  # never written by the tracker; nothing to restore
-                        try:
-                            worker = self.tracker.restore_worker(record.value)
-                        except ValidationError as error:
-                            self._errors.warning(
-                                "bad-state", "unreadable state record skipped", error=str(error)[:300]
-                            )
-                            continue
-                        self.partition_of[worker] = tp.partition
-                        restored += 1
-                waiting = {tp for tp in waiting if await reader.position(tp) < ends[tp]}
-        finally:
-            await reader.stop()
+        async for partition, value in read_to_end(
+            self.settings.kafka_bootstrap, self.state_topic, partitions
+        ):
+            try:
+                worker = self.tracker.restore_worker(value)
+            except ValidationError as error:
+                self._errors.warning("bad-state", "unreadable state record skipped", error=str(error)[:300])
+                continue
+            self.partition_of[worker] = partition
+            restored += 1
         log.info(
             "state restored",
             partitions=sorted(partitions),
