@@ -50,7 +50,7 @@ integration: setup jars
 test: setup jars lint
 	$(BIN)/pytest -m "not faults"
 
-# several processor instances joining, leaving and killed mid-rebalance on Apache Kafka (about 12 min)
+# several processor instances joining, leaving and killed mid-rebalance on Apache Kafka (about 6 min)
 faults: setup jars
 	$(BIN)/pytest -m faults
 
