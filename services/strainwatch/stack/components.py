@@ -12,7 +12,7 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
-from strainwatch.stack.procs import Proc, StackError, spawn, tcp_open, wait_until
+from strainwatch.stack.procs import Proc, StackError, ensure_debian_binary, spawn, tcp_open, wait_until
 
 KAFKA_VERSION = "4.4.0"
 # Jars are shared by every state dir (tests start their own stacks): fetched once per machine.
@@ -165,22 +165,11 @@ def _cluster_id() -> str:
 
 
 def ensure_influxd() -> str:
-    found = shutil.which("influxd")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
-        result = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "influxdb"], env=env, capture_output=True, text=True
-        )
-        found = shutil.which("influxd")
-        if found:
-            return found
-        raise StackError(f"apt-get install influxdb failed:\n{result.stderr[-2000:]}")
-    raise StackError(
-        "influxd is not installed. Install Debian's package (`sudo apt-get install influxdb`), "
-        "or point STRAINWATCH_INFLUX_URL at an InfluxDB 1.8+/2.x/3.x you run yourself."
+    return ensure_debian_binary(
+        "influxdb",
+        "influxd",
+        "Install Debian's package (`sudo apt-get install influxdb`), or point STRAINWATCH_INFLUX_URL at "
+        "an InfluxDB 1.8+/2.x/3.x you run yourself.",
     )
 
 

@@ -21,14 +21,20 @@ import os
 import pwd
 import re
 import secrets
-import shutil
 import signal
-import subprocess
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from strainwatch.stack.procs import Proc, StackError, alive, spawn, stop, tcp_open, wait_until
+from strainwatch.stack.procs import (
+    Proc,
+    alive,
+    ensure_debian_binary,
+    spawn,
+    stop,
+    tcp_open,
+    wait_until,
+)
 
 GATEWAY_USERNAME = "strainwatch-gateway"
 # mosquitto_passwd's defaults for $7$ entries
@@ -221,23 +227,11 @@ def provision_devices(state_dir: Path, devices: Mapping[str, str]) -> None:
 
 
 def ensure_mosquitto() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
-        result = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "mosquitto"], env=env, capture_output=True, text=True
-        )
-        if Path("/usr/sbin/mosquitto").exists():
-            return "/usr/sbin/mosquitto"
-        raise StackError(f"apt-get install mosquitto failed:\n{result.stderr[-2000:]}")
-    raise StackError(
-        "mosquitto is not installed. Install Debian's package (`sudo apt-get install mosquitto`), "
-        "or point STRAINWATCH_MQTT_HOST/PORT at an MQTT broker you run yourself."
+    return ensure_debian_binary(
+        "mosquitto",
+        "mosquitto",
+        "Install Debian's package (`sudo apt-get install mosquitto`), or point STRAINWATCH_MQTT_HOST/PORT "
+        "at an MQTT broker you run yourself.",
     )
 
 

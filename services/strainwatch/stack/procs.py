@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -156,3 +157,27 @@ def _pid_running(pid: int) -> bool:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def ensure_debian_binary(package: str, binary: str, missing_hint: str) -> str:
+    """The path of `binary` (on PATH or in /usr/sbin, where Debian puts daemons); if absent and we
+    are root on Debian, apt-get install `package` first. Otherwise a StackError with the hint."""
+
+    def find() -> str | None:
+        sbin = Path("/usr/sbin") / binary
+        return shutil.which(binary) or (str(sbin) if sbin.exists() else None)
+
+    found = find()
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
+        result = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", package], env=env, capture_output=True, text=True
+        )
+        found = find()
+        if found:
+            return found
+        raise StackError(f"apt-get install {package} failed:\n{result.stderr[-2000:]}")
+    raise StackError(f"{binary} is not installed. {missing_hint}")
