@@ -11,8 +11,15 @@ chooses its tags such that the identity is unique per event it records:
 Timestamps are whole seconds and every write says so (`precision=s`): /api/v2/write assumes
 nanoseconds otherwise. Identities per measurement:
 
-- `exposure`: site, team, worker + window start. One window per worker and start; the team is the
-  one the window opened with, so rewrites of an open window keep its identity.
+- `exposure`: site, team, task, worker + window start. One window per worker and start; the team
+  and task are the ones the window opened with, so rewrites of an open window keep its identity.
+  Kept in the short retention policy `windows` (weeks): read it as `"windows"."exposure"`.
+- `exposure_hourly`: site, team, task, worker + hour start. The processor's hourly rollup of the
+  worker's closed windows, rewritten with the hour's running sums as each window closes. A roster
+  change within the hour starts a second point (other team or task tags): both are true.
+  Default retention policy (years): reports and long dashboard ranges read this.
+- `pipeline`: service, instance + the write second; one point per instance about every 10 s.
+- `dead_letter`: service, instance, reason + the write second.
 - `break_alert`: site, team, worker, kind, segment + alert second. Segments are scored in lockstep,
   so several segments can cross their limit at the same sample: the segment must be a tag.
   Within one (worker, kind, segment) the engine spaces alerts by the nudge interval or the break
@@ -37,14 +44,25 @@ BREAK_ALERT = "break_alert"
 BREAK_ACK = "break_ack"
 BREAK_PROMPT = "break_prompt"
 INCIDENT = "incident"
+EXPOSURE_HOURLY = "exposure_hourly"
+PIPELINE = "pipeline"
+DEAD_LETTER = "dead_letter"
 
-EXPOSURE_TAGS = ("site", "team", "worker")
+# The retention policy of the 10-second windows (short); everything else lives in the database's
+# default policy (long). InfluxDB 1.x: `<db>/<rp>` as the write bucket; 2.x: a bucket mapped to
+# (db, rp) with a DBRP mapping. Queries name it: `"windows"."exposure"`.
+WINDOWS_RP = "windows"
+
+EXPOSURE_TAGS = ("site", "team", "task", "worker")
+EXPOSURE_HOURLY_TAGS = ("site", "team", "task", "worker")
 BREAK_ALERT_TAGS = ("site", "team", "worker", "kind", "segment")
 BREAK_ACK_TAGS = ("site", "team", "worker", "outcome", "source", "kind")
 BREAK_PROMPT_TAGS = ("site", "team", "worker", "kind", "segment", "status", "reason")
 UNASSIGNED_TEAM = "unassigned"  # until the roster names the worker's team
+UNASSIGNED_TASK = "unassigned"  # until the roster names the worker's task or station
 
 WRITE_PRECISION = "s"
+OUTCOMES = ("taken", "acknowledged", "ignored")
 
 
 def _escape_tag(value: str) -> str:
@@ -109,9 +127,37 @@ def exposure_fields(window: WindowLike) -> dict[str, float | int | str | bool]:
     return fields
 
 
-def exposure_line(site: str, team: str | None, worker: str, window: WindowLike) -> str:
-    tags = {"site": site, "team": team or UNASSIGNED_TEAM, "worker": worker}
+def exposure_line(
+    site: str, team: str | None, worker: str, window: WindowLike, task: str | None = None
+) -> str:
+    tags = {"site": site, "team": team or UNASSIGNED_TEAM, "task": task or UNASSIGNED_TASK, "worker": worker}
     return line(EXPOSURE, tags, exposure_fields(window), int(window.window_start_s))
+
+
+def exposure_hourly_line(
+    site: str,
+    team: str | None,
+    task: str | None,
+    worker: str,
+    hour_start_s: int,
+    fields: Mapping[str, float | int | str | bool],
+) -> str:
+    """The hourly rollup point: `fields` holds the hour's sums (and longest holds, and `windows`)."""
+    tags = {"site": site, "team": team or UNASSIGNED_TEAM, "task": task or UNASSIGNED_TASK, "worker": worker}
+    return line(EXPOSURE_HOURLY, tags, fields, int(hour_start_s))
+
+
+def pipeline_line(
+    service: str, instance: str, fields: Mapping[str, float | int | str | bool], ts_s: float
+) -> str:
+    """Service health as a point (frames_in, frames_processed, dead_lettered, sink_write_errors as
+    deltas over `interval_s`; lag_frames and checkpoint_age_s as gauges)."""
+    return line(PIPELINE, {"service": service, "instance": instance}, fields, int(ts_s))
+
+
+def dead_letter_line(service: str, instance: str, reason: str, count: int, ts_s: float) -> str:
+    tags = {"service": service, "instance": instance, "reason": reason}
+    return line(DEAD_LETTER, tags, {"count": int(count)}, int(ts_s))
 
 
 def break_alert_line(
@@ -182,4 +228,8 @@ def break_ack_line(
         "source": source,
         "kind": kind,
     }
-    return line(BREAK_ACK, tags, {"alert_id": alert_id}, int(alert_ts_s))
+    # one 0/1 field per outcome, so compliance is SUM("taken") / COUNT("alert_id") in one statement
+    fields: dict[str, float | int | str | bool] = {"alert_id": alert_id}
+    for name in OUTCOMES:
+        fields[name] = int(outcome == name)
+    return line(BREAK_ACK, tags, fields, int(alert_ts_s))

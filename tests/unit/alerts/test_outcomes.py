@@ -304,5 +304,5 @@ def test_break_ack_point_is_stamped_with_the_alert_time_and_tagged_by_outcome() 
     (record,) = feed(OutcomeTracker(), [p, *windows(T0, 620, acceptable=False)])
     assert outcome_line(record) == (
         "break_ack,kind=conditioning_break,outcome=ignored,site=plant-1,source=timeout,team=assembly,"
-        f'worker=w1 alert_id="{p.alert_id}" {int(T0.timestamp()) + 3}'
+        f'worker=w1 alert_id="{p.alert_id}",taken=0i,acknowledged=0i,ignored=1i {int(T0.timestamp()) + 3}'
     )
