@@ -229,16 +229,32 @@ class BreakAck(Message):
     source: Literal["device", "channel", "posture", "rest", "timeout"]
 
 
-class Incident(Message):
-    """An injury-log entry. Topic incidents.v1, key site_id. No names: team level only."""
+# An injury log's case id: also an InfluxDB tag and an InfluxQL string literal, so no quotes,
+# backslashes or spaces (docs/incidents.md).
+CASE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/#-]*$"
+BodyPart = Literal["neck", "shoulder", "upper_back", "lower_back", "other"]
+Severity = Literal["recordable", "first_aid"]
 
-    incident_id: str = Field(min_length=1, max_length=64)
+
+class Incident(Message):
+    """An injury-log case (docs/incidents.md). Topic incidents.v1, key site_id.
+
+    The case id (`incident_id`) is the identity: importing a log again republishes the same message,
+    a corrected case a new message with the same incident_id. Consumers keep the latest message per
+    incident_id. No names: a worker appears at most as the site-issued pseudonym."""
+
+    incident_id: str = Field(
+        min_length=1, max_length=64, pattern=CASE_ID_PATTERN, description="the log's case id: the identity"
+    )
     site_id: Ident
     team: str = Field(min_length=1, max_length=64)
-    ts: AwareDatetime
-    body_part: Literal["neck", "shoulder", "upper_back", "lower_back", "other"]
-    severity: Literal["recordable", "first_aid"]
-    lost_days: int = Field(default=0, ge=0)
+    worker_id: Ident | None = Field(default=None, description="site-issued pseudonym, when the log has one")
+    ts: AwareDatetime = Field(description="the incident date at 00:00 UTC")
+    body_part: BodyPart
+    severity: Severity = Field(description="OSHA: recordable, or first aid only")
+    injury_type: str = Field(min_length=1, max_length=64, description="e.g. strain, sprain, contusion")
+    days_away: int = Field(default=0, ge=0, description="days away from work")
+    days_restricted: int = Field(default=0, ge=0, description="days of restricted work or job transfer")
 
 
 class RosterEntry(Message):
