@@ -39,6 +39,7 @@ class RuleValidationError(ValueError):
 def _name(rule: Mapping[str, Any], index: int) -> str:
     uid = rule.get("uid")
     title = rule.get("title")
+    title = title.strip() if isinstance(title, str) else None
     if uid and title:
         return f"rule {uid!r} ({title})"
     if uid or title:
