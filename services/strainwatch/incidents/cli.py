@@ -124,7 +124,14 @@ def import_(
         store.apply(plan)
     except (IncidentStoreError, InfluxQLError) as error:
         raise _fail(f"{error} (bucket {settings.influx_bucket}); run the import again once fixed") from None
-    log.info("incidents stored", file=str(file), **asdict(summary))
+    log.info(
+        "incidents stored",
+        file=str(file),
+        imported=summary.imported,
+        unchanged=summary.unchanged,
+        replaced=summary.replaced,
+        invalid=summary.invalid,
+    )
     try:
         summary.published = publish(
             [row.to_event() for row in rows], settings.kafka_bootstrap, progress=sys.stderr.isatty()
