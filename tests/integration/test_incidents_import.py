@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import calendar
 import csv
+import datetime as dt
 import io
 import shutil
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,10 @@ from typer.testing import CliRunner
 
 from strainwatch.config import get_settings
 from strainwatch.incidents.cli import register
+from strainwatch.incidents.csv_log import parse_log
+from strainwatch.incidents.store import IncidentStore, incident_line
 from strainwatch.logs import configure
+from strainwatch.stack.procs import free_port
 from strainwatch.storage.influxql import InfluxQL
 from strainwatch.topics import INCIDENTS
 from tests.integration.conftest import Broker, Influx
@@ -87,6 +92,14 @@ def expected_points(text: str) -> dict[str, tuple[dict[str, str], int, dict[str,
         fields = {"count": 1, "days_away": int(r["days_away"]), "days_restricted": int(r["days_restricted"])}
         out[r["case_id"]] = (tags, calendar.timegm((year, month, day, 0, 0, 0)), fields)
     return out
+
+
+def write_lines(url: str, database: str, lines: list[str]) -> None:
+    request = urllib.request.Request(
+        f"{url}/api/v2/write?bucket={database}&precision=s", data="\n".join(lines).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        assert resp.status == 204
 
 
 def stored_points(ql: InfluxQL) -> list[tuple[str, tuple[dict[str, str], int, dict[str, int]]]]:
@@ -302,3 +315,46 @@ def test_invalid_rows_block_the_import_unless_skipped(
         topic.close()
     assert len(records) == 3  # the blocked run published nothing
     assert sorted(v["incident_id"] for _, v in records) == ["V-1", "V-2", "V-3"]
+
+
+def test_a_case_stored_twice_becomes_one_point(influx: Influx) -> None:
+    """Two points of one case id (a run killed between two writes of an older version, or a hand-
+    written point): the store replaces both with the row's one point."""
+    database = influx.new_database()
+    ql = influx.ql(database)
+    store = IncidentStore(influx.url, "test-token", "strainwatch", database)
+    stale = [
+        incident_line("plant-1", "team-a", "S-1", "neck", "recordable", "strain", 1, 0, dt.date(2026, 9, 1)),
+        incident_line("plant-1", "team-b", "S-1", "neck", "recordable", "strain", 1, 0, dt.date(2026, 9, 2)),
+        incident_line("plant-1", "team-a", "S-2", "other", "first_aid", "cut", 0, 0, dt.date(2026, 9, 3)),
+    ]
+    write_lines(influx.url, database, stale)
+    text = HEADER + "\nS-1,2026-09-01,plant-1,team-a,,neck,strain,recordable,1,0\n"
+    rows = [p.row for p in parse_log(text, today=dt.date(2026, 11, 29)).rows]
+    plan = store.plan(rows)
+    assert (len(plan.new), len(plan.unchanged), len(plan.replaced)) == (0, 0, 1)
+    assert plan.replaced[0].describe() == "case S-1: 2 stored points replaced by one"
+    store.apply(plan)
+    s2 = "S-2,2026-09-03,plant-1,team-a,,other,cut,first_aid,0,0"
+    expected = expected_points(f"{text}{s2}\n")  # S-2 as it was written above
+    assert stored_points(ql) == sorted(expected.items())  # S-2 untouched
+
+
+def test_influxdb_unreachable_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STRAINWATCH_INFLUX_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("STRAINWATCH_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    get_settings.cache_clear()
+    try:
+        app = typer.Typer()
+
+        @app.callback()
+        def _root() -> None:
+            pass
+
+        register(app)
+        code, summary, output = run(app, SAMPLE)
+    finally:
+        get_settings.cache_clear()
+    assert code == 1
+    assert "error: InfluxDB unreachable at http://127.0.0.1:" in output
+    assert summary == {}  # no summary claims anything was imported
