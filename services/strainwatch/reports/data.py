@@ -1,0 +1,483 @@
+"""Queries to a `MonthlyReport`: every number of the report, read from InfluxDB.
+
+Figures the dashboards show too come from `strainwatch.storage.figures` (one definition each);
+report-only statements from `reports/queries.py`. Every statement aggregates inside InfluxDB (sums per
+group, per month); the only event-level read is the list of posture nudges for habituation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from strainwatch.exposure.thresholds import load_thresholds
+from strainwatch.reports import queries
+from strainwatch.reports.model import (
+    MIN_GROUP_WORKERS,
+    ComplianceSplit,
+    Group,
+    HabituationMonth,
+    Incidents,
+    MonthlyReport,
+    Prompts,
+    ReportScope,
+    SegmentExposure,
+    SplitGroup,
+    Totals,
+    TrendMonth,
+    incidence_rate,
+)
+from strainwatch.reports.privacy import GroupFigure, with_other
+from strainwatch.reports.queries import Reader, Row
+from strainwatch.reports.roster import Roster
+from strainwatch.storage import figures
+from strainwatch.storage.figures import SEGMENTS, ZONES, Scope
+
+TREND_MONTHS = 12  # the report's month and the 11 before it
+HABITUATION_SPAN_S = 600  # the 10 minutes after a posture nudge
+MAX_NUDGES_PER_MONTH = 3000  # above this, every k-th nudge (in time order) is measured
+BODY_PARTS = ("neck", "shoulder", "upper_back", "lower_back", "other")
+SEVERITIES = ("recordable", "first_aid")
+SPLIT_BODY_PARTS = ("neck", "shoulder")
+
+Progress = Callable[[str], None]
+
+
+class ScopeError(ValueError):
+    """The scope cannot be reported: an unknown site or team, or fewer workers than privacy allows."""
+
+
+def cutpoints(segment: str) -> list[int]:
+    return [int(c) for c in load_thresholds("default").segments[segment].cutpoints]
+
+
+@dataclass
+class _Batch:
+    """Named statements run in one go."""
+
+    statements: dict[str, str]
+
+    def run(self, reader: Reader) -> dict[str, list[Row]]:
+        names = list(self.statements)
+        results = reader.run([self.statements[n] for n in names])
+        return dict(zip(names, results, strict=True))
+
+
+def _num(row: Row | None, column: str) -> float | None:
+    if row is None:
+        return None
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return float(value)
+
+
+def _first(rows: list[Row]) -> Row | None:
+    return rows[0] if rows else None
+
+
+def _r(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def check_scope(reader: Reader, scope: ReportScope, roster: Roster | None) -> None:
+    """Unknown site or team: no data ever written for it and not in the roster."""
+    for tag, value in (("site", scope.site), ("team", scope.team)):
+        if value is None:
+            continue
+        known = {str(r["value"]) for r in reader.rows(queries.tag_values(tag))}
+        if roster is not None:
+            known |= roster.sites() if tag == "site" else roster.teams()
+        if value not in known:
+            listed = ", ".join(sorted(known)[:20]) or "none"
+            raise ScopeError(
+                f"unknown {tag} {value!r}: no data in InfluxDB and not in the roster (known: {listed})"
+            )
+
+
+def build_report(
+    reader: Reader,
+    scope: ReportScope,
+    roster: Roster | None = None,
+    progress: Progress | None = None,
+) -> MonthlyReport:
+    step = progress or (lambda _: None)
+    check_scope(reader, scope, roster)
+    step("scope checked")
+    month = figures.Scope.between(scope.start_s, scope.end_s, scope.site, scope.team)
+
+    first = _Batch(_month_statements(month)).run(reader)
+    scope_workers = int(_num(_first(first["scope_workers"]), "workers") or 0)
+    if 0 < scope_workers < MIN_GROUP_WORKERS:
+        raise ScopeError(
+            f"{_scope_name(scope)} has fewer than {MIN_GROUP_WORKERS} monitored workers in {scope.label}: "
+            "reports never show a group that small (choose the site, or a larger team)"
+        )
+    step("month read")
+    totals = _totals(first)
+    teams = _groups(reader, month, "team", first["dose_team"], first["dose"], first["scope_workers"])
+    tasks = _groups(reader, month, "task", first["dose_task"], first["dose"], first["scope_workers"])
+    segments = _segments(first)
+    prompts = _prompts(first["prompts"], first["outcomes"])
+    roster_hours = roster.hours_worked(scope.year, scope.month, scope.site, scope.team) if roster else None
+    incidents = _incidents(first["incidents"], totals.hours, roster_hours)
+    step("groups read")
+
+    split = _split(reader, scope)
+    step("compliance split read")
+    trend = _trend(reader, scope)
+    step("trend read")
+    habituation, habituation_note = _habituation(reader, scope)
+    step("habituation read")
+
+    notes = []
+    if roster is not None and roster_hours is None:
+        notes.append(
+            "A roster was given, but not every rostered worker in scope has hours per week: "
+            "rates use monitored hours."
+        )
+    return MonthlyReport(
+        scope=scope,
+        totals=totals,
+        roster_hours=_r(roster_hours),
+        segments=segments,
+        teams=teams,
+        tasks=tasks,
+        prompts=prompts,
+        incidents=incidents,
+        split=split,
+        trend=trend,
+        habituation=habituation,
+        habituation_note=habituation_note,
+        notes=notes,
+    )
+
+
+def _scope_name(scope: ReportScope) -> str:
+    if scope.team:
+        return f"team {scope.team}" + (f" at site {scope.site}" if scope.site else "")
+    return f"site {scope.site}" if scope.site else "the scope"
+
+
+def _month_statements(month: Scope) -> dict[str, str]:
+    st = {
+        "scope_workers": queries.scope_workers(month),
+        "monitored": figures.monitored(month),
+        "violations": figures.violations_per_100h(month),
+        "dose": figures.dose_per_hour(month),
+        "dose_team": figures.dose_per_hour(month, by="team"),
+        "dose_task": figures.dose_per_hour(month, by="task"),
+        "prompts": queries.prompt_counts_by_kind(month),
+        "outcomes": figures.outcome_counts(month),
+        "incidents": figures.incident_counts(month, by=("body_part", "severity")),
+    }
+    for segment in SEGMENTS:
+        st[f"zone_{segment}"] = figures.zone_percent(segment, month)
+        st[f"cut_{segment}"] = figures.cutpoint_percent(segment, cutpoints(segment), month)
+    return st
+
+
+def _totals(r: dict[str, list[Row]]) -> Totals:
+    monitored = _first(r["monitored"])
+    violations = _first(r["violations"])
+    dose = _first(r["dose"])
+    return Totals(
+        workers=int(_num(monitored, "workers") or 0),
+        hours=_r(_num(monitored, "hours")) or 0.0,
+        violations=int(_num(violations, "violations") or 0),
+        violations_per_100h=_r(_num(violations, "per_100h")),
+        dose_per_hour=_r(_num(dose, "dose_per_hour")),
+    )
+
+
+def _figure(rows: list[Row], name_tag: str | None) -> list[GroupFigure]:
+    out = []
+    for row in rows:
+        hours = _num(row, "hours") or 0.0
+        out.append(
+            GroupFigure(
+                str(row.get(name_tag, "")) if name_tag else "total",
+                int(_num(row, "workers") or 0),
+                hours,
+                _num(row, "dose_per_hour"),
+            )
+        )
+    return out
+
+
+def _groups(
+    reader: Reader, month: Scope, by: str, rows: list[Row], total_rows: list[Row], scope_workers: list[Row]
+) -> list[Group]:
+    shown = _figure(rows, by)
+    total = _figure(total_rows, None)
+    if not total:
+        return []
+    other_workers = int(
+        _num(_first(reader.rows(queries.workers_outside(month, by, [g.name for g in shown]))), "workers") or 0
+    )
+    groups = with_other(shown, total[0], other_workers)
+    return [Group(g.name, g.workers, _r(g.hours) or 0.0, _r(g.dose_per_hour), g.withheld) for g in groups]
+
+
+def _segments(r: dict[str, list[Row]]) -> list[SegmentExposure]:
+    out = []
+    for segment in SEGMENTS:
+        zone = _first(r[f"zone_{segment}"])
+        cut = _first(r[f"cut_{segment}"])
+        if zone is None:
+            continue  # no device in scope measured this segment this month
+        out.append(
+            SegmentExposure(
+                segment,
+                {z: _r(_num(zone, z)) for z in ZONES},
+                {f"gt{d}": _r(_num(cut, f"gt{d}")) for d in cutpoints(segment)},
+            )
+        )
+    return out
+
+
+def _prompts(prompt_rows: list[Row], outcome_rows: list[Row]) -> Prompts:
+    sent: dict[str, int] = {}
+    suppressed: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for row in prompt_rows:
+        kind = str(row.get("kind") or "")
+        count = int(_num(row, "prompts") or 0)
+        if row.get("status") == "sent":
+            sent[kind] = sent.get(kind, 0) + count
+        else:
+            suppressed[kind] = suppressed.get(kind, 0) + count
+            reason = str(row.get("reason") or "unknown")
+            reasons[reason] = reasons.get(reason, 0) + count
+    outcomes: dict[str, dict[str, int]] = {}
+    for row in outcome_rows:
+        kind = str(row.get("kind") or "")
+        by_kind = outcomes.setdefault(kind, {})
+        outcome = str(row.get("outcome") or "")
+        by_kind[outcome] = by_kind.get(outcome, 0) + int(_num(row, "outcomes") or 0)
+    return Prompts(
+        _sorted(sent),
+        _sorted(suppressed),
+        _sorted(reasons),
+        {k: _sorted(v) for k, v in sorted(outcomes.items())},
+    )
+
+
+def _sorted(d: dict[str, int]) -> dict[str, int]:
+    return dict(sorted(d.items()))
+
+
+def _incidents(rows: list[Row], monitored_hours: float, roster_hours: float | None) -> Incidents:
+    by_part = dict.fromkeys(BODY_PARTS, 0)
+    by_severity = dict.fromkeys(SEVERITIES, 0)
+    away = restricted = 0
+    for row in rows:
+        n = int(_num(row, "incidents") or 0)
+        part = str(row.get("body_part") or "other")
+        severity = str(row.get("severity") or "")
+        by_part[part] = by_part.get(part, 0) + n
+        by_severity[severity] = by_severity.get(severity, 0) + n
+        away += int(_num(row, "days_away") or 0)
+        restricted += int(_num(row, "days_restricted") or 0)
+    if roster_hours is not None:
+        hours, basis = roster_hours, "roster hours worked"
+    else:
+        hours, basis = monitored_hours, "monitored hours"
+    return Incidents(sum(by_part.values()), by_part, by_severity, away, restricted, _r(hours) or 0.0, basis)
+
+
+def _split(reader: Reader, scope: ReportScope) -> ComplianceSplit:
+    """Neck and shoulder incident rate of teams with high vs low conditioning-break compliance, over
+    the report's month and the 11 before it (one month holds too few incidents to compare)."""
+    start = scope.shifted(-(TREND_MONTHS - 1))
+    period = f"{start.label} to {scope.label}"
+    span = figures.Scope.between(start.start_s, scope.end_s, scope.site, scope.team)
+    r = _Batch(
+        {
+            "compliance": figures.conditioning_compliance(span, by="team"),
+            "monitored": figures.monitored(span, by="team"),
+            "incidents": figures.incident_counts(span, by=("team", "body_part")),
+        }
+    ).run(reader)
+    compliance = {
+        str(row["team"]): (_num(row, "compliance"), int(_num(row, "prompts") or 0))
+        for row in r["compliance"]
+        if _num(row, "compliance") is not None
+    }
+    monitored = {
+        str(row["team"]): (int(_num(row, "workers") or 0), _num(row, "hours") or 0.0)
+        for row in r["monitored"]
+    }
+    ns_incidents: dict[str, int] = {}
+    for row in r["incidents"]:
+        if row.get("body_part") in SPLIT_BODY_PARTS:
+            team = str(row.get("team"))
+            ns_incidents[team] = ns_incidents.get(team, 0) + int(_num(row, "incidents") or 0)
+    teams = sorted(t for t in compliance if t in monitored)
+    without = len([t for t in monitored if t not in compliance])
+    if len(teams) < 2:
+        return ComplianceSplit(
+            period,
+            None,
+            [],
+            without,
+            "A comparison needs at least two teams of 5 or more workers with recorded break outcomes; "
+            f"this scope has {len(teams)}.",
+        )
+    values = sorted(compliance[t][0] or 0.0 for t in teams)
+    mid = len(values) // 2
+    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    high = [t for t in teams if (compliance[t][0] or 0.0) > median]
+    low = [t for t in teams if (compliance[t][0] or 0.0) <= median]
+    if not high:
+        return ComplianceSplit(
+            period,
+            _r(median),
+            [],
+            without,
+            "Every team has the same compliance: there is nothing to compare.",
+        )
+
+    def group(label: str, members: list[str]) -> SplitGroup:
+        workers = sum(monitored[t][0] for t in members)
+        hours = sum(monitored[t][1] for t in members)
+        outcomes = sum(compliance[t][1] for t in members)
+        taken = sum((compliance[t][0] or 0.0) * compliance[t][1] / 100.0 for t in members)
+        incidents = sum(ns_incidents.get(t, 0) for t in members)
+        return SplitGroup(
+            label,
+            len(members),
+            workers,
+            _r(hours) or 0.0,
+            outcomes,
+            _r(taken / outcomes * 100.0) if outcomes else None,
+            incidents,
+            _r(incidence_rate(incidents, hours)),
+        )
+
+    note = (
+        f"Teams split at the median team compliance ({median:.1f} %): above it is high, at or below it low. "
+        "Teams of fewer than 5 workers with outcomes are not part of the comparison."
+    )
+    return ComplianceSplit(
+        period, _r(median), [group("high compliance", high), group("low compliance", low)], without, note
+    )
+
+
+def _trend(reader: Reader, scope: ReportScope) -> list[TrendMonth]:
+    months = [scope.shifted(-i) for i in range(TREND_MONTHS - 1, -1, -1)]
+    statements: dict[str, str] = {}
+    for m in months:
+        s = figures.Scope.between(m.start_s, m.end_s, scope.site, scope.team)
+        statements[f"{m.label}/monitored"] = figures.monitored(s)
+        statements[f"{m.label}/violations"] = figures.violations_per_100h(s)
+        statements[f"{m.label}/dose"] = figures.dose_per_hour(s)
+        statements[f"{m.label}/compliance"] = figures.conditioning_compliance(s)
+        statements[f"{m.label}/incidents"] = figures.incident_counts(s, by=("severity",))
+        for segment in SEGMENTS:
+            statements[f"{m.label}/time/{segment}"] = queries.segment_time(segment, s)
+    r = _Batch(statements).run(reader)
+    out = []
+    for m in months:
+        monitored = _first(r[f"{m.label}/monitored"])
+        hours = _num(monitored, "hours") or 0.0
+        incidents = {
+            str(row.get("severity")): int(_num(row, "incidents") or 0) for row in r[f"{m.label}/incidents"]
+        }
+        recordable = incidents.get("recordable", 0)
+        out.append(
+            TrendMonth(
+                m.label,
+                int(_num(monitored, "workers") or 0),
+                _r(hours) or 0.0,
+                _r(_pooled_not_acceptable([r[f"{m.label}/time/{seg}"] for seg in SEGMENTS])),
+                _r(_num(_first(r[f"{m.label}/violations"]), "per_100h")),
+                _r(_num(_first(r[f"{m.label}/dose"]), "dose_per_hour")),
+                _r(_num(_first(r[f"{m.label}/compliance"]), "compliance")),
+                sum(incidents.values()),
+                recordable,
+                _r(incidence_rate(recordable, hours)) if monitored else None,
+            )
+        )
+    return out
+
+
+def _pooled_not_acceptable(per_segment: list[list[Row]]) -> float | None:
+    """Percent of measured segment-time in the not-acceptable zone, pooled over segments."""
+    measured = sum(_num(_first(rows), "measured") or 0.0 for rows in per_segment)
+    at_risk = sum(_num(_first(rows), "not_acceptable") or 0.0 for rows in per_segment)
+    return 100.0 * at_risk / measured if measured > 0 else None
+
+
+def _habituation(reader: Reader, scope: ReportScope) -> tuple[list[HabituationMonth], str]:
+    months = [scope.shifted(-i) for i in range(TREND_MONTHS - 1, -1, -1)]
+    everything = figures.Scope.between(0, scope.end_s + HABITUATION_SPAN_S, scope.site, scope.team)
+    statements = {"first": queries.first_window(everything)}
+    for m in months:
+        statements[m.label] = queries.posture_nudges(
+            figures.Scope.between(m.start_s, m.end_s, scope.site, scope.team)
+        )
+    r = _Batch(statements).run(reader)
+    first_row = _first(r["first"])
+    first_window = int(first_row["time"]) if first_row and first_row.get("first") is not None else None
+
+    plans: list[tuple[ReportScope, list[tuple[int, str, str]], str, bool]] = []
+    spans: list[str] = []
+    for m in months:
+        nudges = sorted((int(row["time"]), str(row["worker"]), str(row["segment"])) for row in r[m.label])
+        if first_window is None or first_window >= m.end_s:
+            status = "none"
+        elif first_window > m.start_s:
+            status = "partial"
+        else:
+            status = "full"
+        sampled = False
+        measured = [n for n in nudges if first_window is not None and n[0] >= first_window]
+        if len(measured) > MAX_NUDGES_PER_MONTH:
+            stride = math.ceil(len(measured) / MAX_NUDGES_PER_MONTH)
+            measured = measured[::stride]
+            sampled = True
+        plans.append((m, nudges, status, sampled))
+        spans.extend(
+            queries.after_nudge(w, seg, t, HABITUATION_SPAN_S) for t, w, seg in measured if seg in SEGMENTS
+        )
+    results = iter(reader.run(spans))
+    out = []
+    for m, nudges, status, sampled in plans:
+        measured = [n for n in nudges if first_window is not None and n[0] >= first_window]
+        if sampled:
+            measured = measured[:: math.ceil(len(measured) / MAX_NUDGES_PER_MONTH)]
+        shares: list[float] = []
+        seconds: list[float] = []
+        for _t, _w, seg in measured:
+            if seg not in SEGMENTS:
+                continue
+            row = _first(next(results))
+            observed = _num(row, "observed") or 0.0
+            if observed <= 0:
+                continue  # the device sent nothing in the 10 minutes after
+            at_risk = _num(row, "at_risk") or 0.0
+            seconds.append(at_risk)
+            shares.append(100.0 * at_risk / observed)
+        out.append(
+            HabituationMonth(
+                m.label,
+                len(nudges),
+                len(shares),
+                _r(sum(seconds) / len(seconds)) if seconds else None,
+                _r(sum(shares) / len(shares)) if shares else None,
+                status if nudges else ("none" if status == "none" else status),
+                sampled,
+            )
+        )
+    if first_window is None:
+        note = "No 10-second windows are kept for this scope, so no month can be measured."
+    else:
+        lacking = [h.month for h in out if h.window_data == "none" and h.nudges]
+        note = "10-second windows are kept for weeks only; " + (
+            f"months without window data: {', '.join(lacking)}."
+            if lacking
+            else "every month with nudges has window data."
+        )
+    return out, note

@@ -1,0 +1,166 @@
+"""Report-only InfluxQL, and a reader that runs many statements per request.
+
+Every figure the dashboards show too comes from `strainwatch.storage.figures`; only what the report
+alone needs is here: prompts per kind, the distinct workers of the "other" group, the posture nudges
+and the 10-second windows after each (habituation), the tag values a scope may name.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from strainwatch.storage import figures
+from strainwatch.storage.figures import HOURLY, WINDOWS, Scope
+from strainwatch.storage.influxql import InfluxQL, InfluxQLError
+from strainwatch.storage.measurements import BREAK_ALERT, BREAK_PROMPT, EXPOSURE_HOURLY, INCIDENT
+
+Row = dict[str, Any]
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _regex_alternatives(names: Sequence[str]) -> str:
+    return "|".join(re.escape(n).replace("/", r"\/") for n in names)
+
+
+def prompt_counts_by_kind(scope: Scope) -> str:
+    """Column `prompts` per `kind`, `status` and `reason` (figures.prompt_counts has no kind)."""
+    return (
+        f'SELECT COUNT("alert_id") AS "prompts" FROM "{BREAK_PROMPT}" WHERE {scope.where()} '
+        'GROUP BY "kind", "status", "reason"'
+    )
+
+
+def workers_outside(scope: Scope, by: str, kept: Sequence[str]) -> str:
+    """Column `workers`: distinct workers with wear time in groups other than `kept` (the "other" row)."""
+    extra = f'"{by}" !~ /^({_regex_alternatives(kept)})$/' if kept else ""
+    where = scope.where('"wear_s" > 0', extra)
+    return (
+        f'SELECT COUNT("wear") AS "workers" FROM (SELECT SUM("wear_s") AS "wear" FROM {HOURLY} '
+        f'WHERE {where} GROUP BY "worker") WHERE {scope.time}'
+    )
+
+
+def segment_time(segment: str, scope: Scope) -> str:
+    """Columns `measured` and `not_acceptable` (seconds) of one segment, workers pooled; scopes of fewer
+    than 5 workers measured return nothing (the trend's pooled not-acceptable share)."""
+    zones = " + ".join(
+        f'SUM("zone_{segment}_{z}_s")' for z in ("acceptable", "conditional", "not_acceptable")
+    )
+    return figures.grouped(
+        {"measured": zones, "not_acceptable": f'SUM("zone_{segment}_not_acceptable_s")'},
+        {"measured": '"measured"', "not_acceptable": '"not_acceptable"'},
+        scope,
+    )
+
+
+def posture_nudges(scope: Scope) -> str:
+    """Every posture nudge (alert second) per worker and segment: the starts of habituation spans."""
+    where = scope.where("\"kind\" = 'posture_hold'")
+    return f'SELECT "dose" FROM "{BREAK_ALERT}" WHERE {where} GROUP BY "worker", "segment"'
+
+
+def after_nudge(worker: str, segment: str, start_s: int, span_s: int) -> str:
+    """Columns `at_risk` (seconds of the segment in its not-acceptable zone) and `observed` (seconds the
+    segment was measured) in the 10-second windows starting within [start, start + span)."""
+    zones = " + ".join(
+        f'SUM("zone_{segment}_{z}_s")' for z in ("acceptable", "conditional", "not_acceptable")
+    )
+    return (
+        f'SELECT SUM("zone_{segment}_not_acceptable_s") AS "at_risk", {zones} AS "observed" '
+        f"FROM {WINDOWS} WHERE time >= {int(start_s)}s AND time < {int(start_s + span_s)}s "
+        f'AND "worker" = {_quote(worker)}'
+    )
+
+
+def first_window(scope: Scope) -> str:
+    """Column `first`: the oldest 10-second window still kept (in the scope's site and team)."""
+    return f'SELECT FIRST("wear_s") AS "first" FROM {WINDOWS} WHERE {scope.where()}'
+
+
+def tag_values(tag: str) -> str:
+    """Values of `site` or `team` ever written to the rollup, incidents or prompts."""
+    return f'SHOW TAG VALUES FROM "{EXPOSURE_HOURLY}", "{INCIDENT}", "{BREAK_PROMPT}" WITH KEY = "{tag}"'
+
+
+def scope_workers(scope: Scope) -> str:
+    """Column `workers`: distinct workers with wear time, with no privacy floor (the scope check)."""
+    return workers_outside(scope, "worker", [])
+
+
+class Reader:
+    """Runs InfluxQL statements in batches (one `/query` request holds many, `;`-separated), a few
+    requests at a time. Results come back in statement order, each as rows (tags merged in)."""
+
+    def __init__(self, ql: InfluxQL, batch: int = 40, parallel: int = 4) -> None:
+        self.ql = ql
+        self.batch = batch
+        self.parallel = parallel
+        self.statements = 0
+        self.requests = 0
+
+    def rows(self, statement: str) -> list[Row]:
+        return self.run([statement])[0]
+
+    def run(self, statements: Sequence[str]) -> list[list[Row]]:
+        chunks = [list(statements[i : i + self.batch]) for i in range(0, len(statements), self.batch)]
+        if not chunks:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(chunks))) as pool:
+            answers = list(pool.map(self._request, chunks))
+        return [rows for answer in answers for rows in answer]
+
+    def _request(self, statements: list[str]) -> list[list[Row]]:
+        data = urllib.parse.urlencode(
+            {"db": self.ql.database, "q": ";\n".join(statements), "epoch": "s"}
+        ).encode()
+        request = urllib.request.Request(
+            f"{self.ql.url}/query",
+            data=data,
+            headers={
+                "Authorization": f"Token {self.ql.token}",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=max(self.ql.timeout_s, 300.0)) as resp:
+                body = orjson.loads(resp.read())
+        except urllib.error.HTTPError as error:
+            raise InfluxQLError(f"InfluxQL HTTP {error.code}: {error.read()[:500]!r}") from error
+        except OSError as error:
+            raise InfluxQLError(f"InfluxDB unreachable at {self.ql.url}: {error}") from error
+        if "error" in body:
+            raise InfluxQLError(str(body["error"]))
+        self.requests += 1
+        self.statements += len(statements)
+        results = body.get("results") or []
+        out: list[list[Row]] = []
+        for i, statement in enumerate(statements):
+            result = results[i] if i < len(results) else {}
+            if result.get("error"):
+                raise InfluxQLError(f"{result['error']} in: {statement[:300]}")
+            out.append(series_rows(result.get("series") or []))
+        return out
+
+
+def series_rows(series: list[dict[str, Any]]) -> list[Row]:
+    rows: list[Row] = []
+    for s in series:
+        tags = s.get("tags") or {}
+        columns = s.get("columns") or []
+        for values in s.get("values") or []:
+            row: Row = dict(zip(columns, values, strict=False))
+            row.update(tags)
+            row.setdefault("_name", s.get("name"))
+            rows.append(row)
+    return rows
