@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from strainwatch.dashboards import alert_rules
+from strainwatch.dashboards.rules_validate import validate_provisioning, validate_rules
 
 DATASOURCE_NAME = "strainwatch InfluxDB"
 CONTACT_POINT_NAME = "strainwatch-alerting"
@@ -112,7 +113,11 @@ def _yaml(header: str, doc: dict[str, Any]) -> str:
 
 
 def render() -> dict[str, str]:
-    """Relative path under deploy/grafana/provisioning/ -> file content, in a stable order."""
+    """Relative path under deploy/grafana/provisioning/ -> file content, in a stable order.
+    Raises RuleValidationError (before anything is written) if an alert rule is invalid."""
+    rules_doc = alert_rules.provisioning_groups()
+    validate_rules(alert_rules.api_rules())
+    validate_provisioning(rules_doc)
     ds = datasource("${INFLUX_URL}", "${INFLUX_BUCKET}", "${INFLUX_TOKEN}")
     ds["isDefault"] = True
     ds["editable"] = False
@@ -157,7 +162,7 @@ Dashboards as code: the JSON files in the repository's dashboards/ directory (ge
 strainwatch's Grafana-managed alert rules (strainwatch.dashboards.alert_rules): InfluxQL queries on
 the strainwatch data source, then reduce / math / threshold expressions.
 """,
-            alert_rules.provisioning_groups(),
+            rules_doc,
         ),
         "alerting/contact-points.yaml": _yaml(
             """
