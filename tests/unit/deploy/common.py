@@ -23,6 +23,16 @@ def settings_variables() -> set[str]:
     return {"STRAINWATCH_" + name.upper() for name in Settings.model_fields}
 
 
+def unknown_variables(names: set[str]) -> list[str]:
+    """The STRAINWATCH_* names nothing reads: neither a Settings field nor a variable the code names
+    itself (a command's own option read from the environment, `envvar=` or os.environ)."""
+    rest = {n for n in names if n.startswith("STRAINWATCH_")} - settings_variables()
+    if rest:
+        source = "\n".join(p.read_text() for p in (REPO / "services" / "strainwatch").rglob("*.py"))
+        rest = {n for n in rest if not re.search(rf"[\"']{n}[\"']", source)}
+    return sorted(rest)
+
+
 def package_version() -> str:
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert isinstance(version, str)
