@@ -66,6 +66,12 @@ def _nan(value: float | None) -> float:
     return math.nan if value is None else value
 
 
+def _top(values: list[float | None]) -> float:
+    """An axis from 0 to a little above the highest value: no truncated axis exaggerates a change."""
+    present = [v for v in values if v is not None]
+    return max(present) * 1.15 if present and max(present) > 0 else 1.0
+
+
 def trend(r: MonthlyReport) -> Chart | None:
     if not any(m.hours > 0 for m in r.trend):
         return None
@@ -82,6 +88,7 @@ def trend(r: MonthlyReport) -> Chart | None:
         for ax, (title, values) in zip(axes.flat, panels, strict=True):
             ax.plot(range(len(months)), [_nan(v) for v in values], marker="o", color=LINE, linewidth=1.2)
             ax.set_title(title, fontsize=8)
+            ax.set_ylim(bottom=0, top=_top(values))
             ax.set_xticks(range(len(months)), [m[2:] for m in months], rotation=60, fontsize=6)
             ax.grid(axis="y", linewidth=0.3)
         figure.tight_layout()
@@ -171,6 +178,7 @@ def habituation(r: MonthlyReport) -> Chart | None:
                 ax.annotate(f"n={h.nudges_measured}", (i, values[i]), ha="center", va="bottom", fontsize=6)
         ax.set_xticks(range(len(months)), [m[2:] for m in months], rotation=60, fontsize=6)
         ax.set_ylabel("% of the 10 min not acceptable")
+        ax.set_ylim(0, 100)
         ax.grid(axis="y", linewidth=0.3)
         figure.tight_layout()
         return _render(

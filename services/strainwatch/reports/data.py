@@ -389,7 +389,7 @@ def _trend(reader: Reader, scope: ReportScope) -> list[TrendMonth]:
         out.append(
             TrendMonth(
                 m.label,
-                int(_num(monitored, "workers") or 0),
+                None if monitored is None else int(_num(monitored, "workers") or 0),
                 _r(hours) or 0.0,
                 _r(_pooled_not_acceptable([r[f"{m.label}/time/{seg}"] for seg in SEGMENTS])),
                 _r(_num(_first(r[f"{m.label}/violations"]), "per_100h")),

@@ -25,8 +25,9 @@ ASSOCIATION = (
 )
 
 CSS = """
-@page { size: A4; margin: 16mm 14mm 18mm 14mm;
-  @bottom-center { content: "page " counter(page) " of " counter(pages); font-size: 8pt; color: #555; } }
+@page { size: A4; margin: 16mm 12mm 18mm 12mm;
+  @bottom-center { content: "page " counter(page) " of " counter(pages);
+    font-family: "DejaVu Sans", sans-serif; font-size: 8pt; color: #555; } }
 body { font-family: "DejaVu Sans", sans-serif; font-size: 9.5pt; color: #111;
   max-width: 190mm; margin: auto; }
 h1 { font-size: 17pt; margin: 0 0 2mm 0; }
@@ -37,7 +38,8 @@ p.note, p.empty { font-size: 8.5pt; color: #444; }
 p.empty { font-style: italic; }
 p.wording { border-left: 1mm solid #1f4e79; padding-left: 3mm; }
 table { border-collapse: collapse; margin: 1mm 0 2mm 0; page-break-inside: avoid; }
-th, td { border-bottom: 0.2mm solid #bbb; padding: 0.8mm 2.5mm; text-align: right; font-size: 8.5pt; }
+th, td { border-bottom: 0.2mm solid #bbb; padding: 0.8mm 2mm; text-align: right; font-size: 8.5pt; }
+table.wide th, table.wide td { padding: 0.6mm 1.2mm; font-size: 7.5pt; }
 th { background: #e8eef5; }
 td.text, th.text { text-align: left; }
 figure { margin: 2mm 0; page-break-inside: avoid; }
@@ -127,12 +129,16 @@ def split_sentence(report: MonthlyReport) -> str:
     if len(s.groups) != 2:
         return s.note
     high, low = s.groups
+
+    def teams(n: int) -> str:
+        return f"{n} team" if n == 1 else f"{n} teams"
+
     return (
         f"From {s.period}, teams with high conditioning-break compliance "
-        f"({fmt.percent(high.compliance_pct)}, {high.teams} teams, {high.workers} workers) had "
+        f"({fmt.percent(high.compliance_pct)}, {teams(high.teams)}, {high.workers} workers) had "
         f"{high.neck_shoulder_incidents} neck or shoulder incidents in {fmt.number(high.hours, 0)} "
         f"monitored hours ({fmt.number(high.rate, 2)} per 200,000 h); teams with low compliance "
-        f"({fmt.percent(low.compliance_pct)}, {low.teams} teams, {low.workers} workers) had "
+        f"({fmt.percent(low.compliance_pct)}, {teams(low.teams)}, {low.workers} workers) had "
         f"{low.neck_shoulder_incidents} in {fmt.number(low.hours, 0)} h ({fmt.number(low.rate, 2)} "
         "per 200,000 h). This is an association in this site's data with the counts shown; it does not "
         "show that breaks prevent injuries."
@@ -170,7 +176,7 @@ def _table(table: Table) -> str:
     if not table.rows:
         out.append(f'<p class="empty">{escape(table.empty)}</p>')
         return "\n".join(out)
-    out.append("<table><thead><tr>")
+    out.append('<table class="wide"><thead><tr>' if len(shown) > 7 else "<table><thead><tr>")
     for i in shown:
         kind = "text" if table.columns[i][2] == "text" else "num"
         out.append(f'<th class="{kind}">{escape(table.columns[i][1])}</th>')

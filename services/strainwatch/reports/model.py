@@ -149,7 +149,7 @@ class ComplianceSplit:
 @dataclass(frozen=True)
 class TrendMonth:
     month: str
-    workers: int
+    workers: int | None  # None: no data, or fewer than 5 workers (withheld)
     hours: float
     not_acceptable_pct: float | None  # pooled over segments
     violations_per_100h: float | None

@@ -30,7 +30,7 @@ class Table:
             return fmt.DASH if value is None else str(value)
         if kind == "pct":
             return fmt.percent(value if isinstance(value, (int, float)) else None)
-        if kind == "int":
+        if kind == "int" or (isinstance(value, int) and not isinstance(value, bool)):
             return fmt.number(int(value) if isinstance(value, (int, float)) else None)
         digits = 2 if kind == "num2" else 1
         return fmt.number(float(value) if isinstance(value, (int, float)) else None, digits)
@@ -306,18 +306,19 @@ def trend(r: MonthlyReport) -> Table:
             ("month", "Month", "text"),
             ("workers", "Workers", "int"),
             ("monitored_hours", "Monitored hours", "num"),
-            ("not_acceptable_pct", "Not acceptable (all segments)", "pct"),
+            ("not_acceptable_pct", "Not accept­able", "pct"),
             ("violations_per_100h", "Violations / 100 h", "num2"),
             ("dose_per_hour", "Dose / h", "num2"),
             ("compliance_pct", "Compliance", "pct"),
             ("incidents", "Incidents", "int"),
             ("recordable", "Recordable", "int"),
-            ("recordable_rate", "Recordable / 200,000 monitored h", "num2"),
+            ("recordable_rate", "Recordable / 200,000 h", "num2"),
         ],
         rows,
         notes=[
-            "Months with fewer than 5 monitored workers in scope show no exposure figures (privacy). "
-            "Not acceptable (all segments) pools every measured segment's time."
+            "Months with fewer than 5 monitored workers in scope show no exposure figures (privacy), "
+            "as do months without data. Not acceptable: share of measured time, all segments pooled. "
+            "Rates per 200,000 monitored hours."
         ],
     )
 
