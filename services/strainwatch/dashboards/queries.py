@@ -58,9 +58,13 @@ def _tags(group: Sequence[str]) -> str:
 
 def columns(figure: str, names: Mapping[str, str] | Sequence[str], group: Sequence[str] = ()) -> str:
     """`figure` reduced to `names` (column -> new name, or a list of columns kept as they are),
-    keeping the figure's `group` tags. The figure's own WHERE and privacy rule stay inside."""
+    keeping the figure's `group` tags. The figure's own WHERE and privacy rule stay inside.
+
+    Each column is read `::float`: InfluxDB 1.x types a subquery's column by its expression, so a
+    ratio of two integer sums (compliance: taken / prompts) would come back truncated to an integer
+    through one more SELECT (83 for 83.33), although the figure itself returns 83.33."""
     renames = dict(names) if isinstance(names, Mapping) else {n: n for n in names}
-    cols = ", ".join(f'"{old}" AS "{new}"' for old, new in renames.items())
+    cols = ", ".join(f'"{old}"::float AS "{new}"' for old, new in renames.items())
     return f"SELECT {cols} FROM ({figure}){_tags(group)}"
 
 
