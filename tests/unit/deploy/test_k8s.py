@@ -99,7 +99,11 @@ def test_there_is_an_example_overlay() -> None:
 def test_kustomize_renders(directory: Path) -> None:
     objects = render(directory)
     kinds = Counter(o["kind"] for o in objects)
-    assert kinds["Deployment"] == 3 and kinds["KafkaTopic"] == len(ALL_TOPICS) + len(INTERNAL_TOPICS)
+    assert (
+        kinds["Deployment"] == 3
+        and kinds["PodDisruptionBudget"] == 1
+        and kinds["KafkaTopic"] == len(ALL_TOPICS) + len(INTERNAL_TOPICS)
+    )
     names = [(o["kind"], o["metadata"]["name"]) for o in objects]
     assert len(names) == len(set(names)), "duplicate objects"
 
@@ -116,7 +120,7 @@ def test_every_object_validates_against_the_kubernetes_schemas(directory: Path, 
 
 def test_kubernetes_validation_rejects_mistakes() -> None:
     """The validation is not vacuous: a misspelt field and a wrong type both fail it."""
-    (deployment,) = [o for o in render(BASE) if o["metadata"]["name"] == "strainwatch-processor"]
+    deployment = of_kind(render(BASE), "Deployment")["strainwatch-processor"]
     misspelt = json.loads(json.dumps(deployment))
     misspelt["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRefs"] = {"name": "x"}
     wrong_type = json.loads(json.dumps(deployment))
@@ -325,3 +329,24 @@ def test_the_influx_token_file_is_the_one_the_init_script_writes() -> None:
     files = {f for g in kustomization["secretGenerator"] for f in g.get("files", [])}
     assert "secrets/services-write.token" in files
     assert "services-write.token" in (DEPLOY / "influxdb" / "strainwatch-init.sh").read_text()
+
+
+def test_every_base_manifest_is_a_resource_and_selectors_match_their_pods() -> None:
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    assert listed == {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}, (
+        "a manifest not in resources"
+    )
+    objects = render(BASE)
+    deployments = of_kind(objects, "Deployment")
+    for name, d in deployments.items():
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        assert d["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
+    (budget,) = of_kind(objects, "PodDisruptionBudget").values()
+    selected = [
+        name
+        for name, d in deployments.items()
+        if budget["spec"]["selector"]["matchLabels"].items()
+        <= d["spec"]["template"]["metadata"]["labels"].items()
+    ]
+    assert selected == ["strainwatch-processor"]
