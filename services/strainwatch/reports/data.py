@@ -225,8 +225,8 @@ def _segments(r: dict[str, list[Row]]) -> list[SegmentExposure]:
     for segment in SEGMENTS:
         zone = _first(r[f"zone_{segment}"])
         cut = _first(r[f"cut_{segment}"])
-        if zone is None:
-            continue  # no device in scope measured this segment this month
+        if zone is None or not any(_num(zone, z) for z in ZONES):
+            continue  # no device in scope measured this segment this month (the rollup writes zeros)
         out.append(
             SegmentExposure(
                 segment,
@@ -411,48 +411,53 @@ def _pooled_not_acceptable(per_segment: list[list[Row]]) -> float | None:
 
 
 def _habituation(reader: Reader, scope: ReportScope) -> tuple[list[HabituationMonth], str]:
+    """Time at risk after each posture nudge, per month. Nudges are only listed (one row each) where
+    10-second windows exist to measure them; elsewhere they are only counted."""
     months = [scope.shifted(-i) for i in range(TREND_MONTHS - 1, -1, -1)]
     everything = figures.Scope.between(0, scope.end_s + HABITUATION_SPAN_S, scope.site, scope.team)
     statements = {"first": queries.first_window(everything)}
     for m in months:
-        statements[m.label] = queries.posture_nudges(
-            figures.Scope.between(m.start_s, m.end_s, scope.site, scope.team)
-        )
+        month = figures.Scope.between(m.start_s, m.end_s, scope.site, scope.team)
+        statements[m.label] = queries.posture_nudge_count(month)
     r = _Batch(statements).run(reader)
     first_row = _first(r["first"])
     first_window = int(first_row["time"]) if first_row and first_row.get("first") is not None else None
+    counts = {m.label: int(_num(_first(r[m.label]), "nudges") or 0) for m in months}
 
-    plans: list[tuple[ReportScope, list[tuple[int, str, str]], str, bool]] = []
-    spans: list[str] = []
-    for m in months:
-        nudges = sorted((int(row["time"]), str(row["worker"]), str(row["segment"])) for row in r[m.label])
+    def status(m: ReportScope) -> str:
         if first_window is None or first_window >= m.end_s:
-            status = "none"
-        elif first_window > m.start_s:
-            status = "partial"
-        else:
-            status = "full"
-        sampled = False
-        measured = [n for n in nudges if first_window is not None and n[0] >= first_window]
-        if len(measured) > MAX_NUDGES_PER_MONTH:
-            stride = math.ceil(len(measured) / MAX_NUDGES_PER_MONTH)
-            measured = measured[::stride]
-            sampled = True
-        plans.append((m, nudges, status, sampled))
-        spans.extend(
-            queries.after_nudge(w, seg, t, HABITUATION_SPAN_S) for t, w, seg in measured if seg in SEGMENTS
+            return "none"
+        return "partial" if first_window > m.start_s else "full"
+
+    measurable = [m for m in months if status(m) != "none" and counts[m.label]]
+    listed = _Batch(
+        {
+            m.label: queries.posture_nudges(
+                figures.Scope.between(max(m.start_s, first_window or 0), m.end_s, scope.site, scope.team)
+            )
+            for m in measurable
+        }
+    ).run(reader)
+    plans: dict[str, tuple[list[tuple[int, str, str]], bool]] = {}
+    spans: list[str] = []
+    for m in measurable:
+        nudges = sorted(
+            (int(row["time"]), str(row["worker"]), str(row["segment"]))
+            for row in listed[m.label]
+            if row.get("segment") in SEGMENTS
         )
+        sampled = len(nudges) > MAX_NUDGES_PER_MONTH
+        if sampled:
+            nudges = nudges[:: math.ceil(len(nudges) / MAX_NUDGES_PER_MONTH)]
+        plans[m.label] = (nudges, sampled)
+        spans.extend(queries.after_nudge(w, seg, t, HABITUATION_SPAN_S) for t, w, seg in nudges)
     results = iter(reader.run(spans))
     out = []
-    for m, nudges, status, sampled in plans:
-        measured = [n for n in nudges if first_window is not None and n[0] >= first_window]
-        if sampled:
-            measured = measured[:: math.ceil(len(measured) / MAX_NUDGES_PER_MONTH)]
+    for m in months:
+        nudges, sampled = plans.get(m.label, ([], False))
         shares: list[float] = []
         seconds: list[float] = []
-        for _t, _w, seg in measured:
-            if seg not in SEGMENTS:
-                continue
+        for _nudge in nudges:
             row = _first(next(results))
             observed = _num(row, "observed") or 0.0
             if observed <= 0:
@@ -463,11 +468,11 @@ def _habituation(reader: Reader, scope: ReportScope) -> tuple[list[HabituationMo
         out.append(
             HabituationMonth(
                 m.label,
-                len(nudges),
+                counts[m.label],
                 len(shares),
                 _r(sum(seconds) / len(seconds)) if seconds else None,
                 _r(sum(shares) / len(shares)) if shares else None,
-                status if nudges else ("none" if status == "none" else status),
+                status(m),
                 sampled,
             )
         )

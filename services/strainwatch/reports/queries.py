@@ -7,6 +7,7 @@ and the 10-second windows after each (habituation), the tag values a scope may n
 
 from __future__ import annotations
 
+import math
 import re
 import urllib.error
 import urllib.parse
@@ -70,6 +71,12 @@ def posture_nudges(scope: Scope) -> str:
     return f'SELECT "dose" FROM "{BREAK_ALERT}" WHERE {where} GROUP BY "worker", "segment"'
 
 
+def posture_nudge_count(scope: Scope) -> str:
+    """Column `nudges`: posture nudges in the scope (months without windows are only counted)."""
+    where = scope.where("\"kind\" = 'posture_hold'")
+    return f'SELECT COUNT("dose") AS "nudges" FROM "{BREAK_ALERT}" WHERE {where}'
+
+
 def after_nudge(worker: str, segment: str, start_s: int, span_s: int) -> str:
     """Columns `at_risk` (seconds of the segment in its not-acceptable zone) and `observed` (seconds the
     segment was measured) in the 10-second windows starting within [start, start + span)."""
@@ -113,7 +120,9 @@ class Reader:
         return self.run([statement])[0]
 
     def run(self, statements: Sequence[str]) -> list[list[Row]]:
-        chunks = [list(statements[i : i + self.batch]) for i in range(0, len(statements), self.batch)]
+        # spread a few heavy statements over the parallel requests; many light ones in big batches
+        size = max(1, min(self.batch, math.ceil(len(statements) / self.parallel)))
+        chunks = [list(statements[i : i + size]) for i in range(0, len(statements), size)]
         if not chunks:
             return []
         with ThreadPoolExecutor(max_workers=min(self.parallel, len(chunks))) as pool:
