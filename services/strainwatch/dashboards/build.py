@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from strainwatch.dashboards import injuries, pipeline, prompts, site, team, worker
-from strainwatch.dashboards.panels import DATASOURCE_UID
+from strainwatch.dashboards.alert_rules import DATASOURCE_UID
 from strainwatch.dashboards.validate import DashboardInvalid, validate_dashboard
 
 DASHBOARDS_DIR = "dashboards"

@@ -22,8 +22,8 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common, dashboard
 
 from strainwatch.dashboards import queries
+from strainwatch.dashboards.alert_rules import DATASOURCE_UID  # the provisioned data source, one uid
 
-DATASOURCE_UID = "strainwatch-influxdb"
 DATASOURCE = dashboard.DataSourceRef(type_val="influxdb", uid=DATASOURCE_UID)
 TAGS = ["strainwatch"]
 
