@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
@@ -38,10 +39,26 @@ def load_or_exit(path: Path | None) -> ChannelsConfig:
 @alerts_app.command("run")
 def run(
     channels_file: Path | None = typer.Option(None, help="channels YAML; default STRAINWATCH_CHANNELS_FILE"),
+    grafana_webhook_bind: str = typer.Option(
+        "127.0.0.1:8095",
+        envvar="STRAINWATCH_GRAFANA_WEBHOOK_BIND",
+        help="host:port of Grafana's alert webhook (POST /grafana/alerts; 'off': none); "
+        "token in STRAINWATCH_GRAFANA_WEBHOOK_TOKEN",
+    ),
 ) -> None:
-    """Consume alerts.break.v1, apply the delivery policy, send device commands and channel messages."""
+    """Consume alerts.break.v1, apply the delivery policy, send device commands and channel messages;
+    forward Grafana's manager alerts to the sites' channels."""
+    from strainwatch.alerts.grafana_webhook import parse_bind
     from strainwatch.alerts.service import run_service
 
+    webhook_bind = None if grafana_webhook_bind.strip().lower() in ("", "off") else grafana_webhook_bind
+    if webhook_bind is not None:
+        try:
+            parse_bind(webhook_bind)
+        except ValueError as error:
+            typer.echo(f"error: --grafana-webhook-bind: {error}", err=True)
+            raise typer.Exit(2) from None
+    webhook_token = os.environ.get("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN", "")
     settings = get_settings()
     config = load_or_exit(channels_file or settings.channels_file)
     log.info(
@@ -55,7 +72,7 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_service(settings, config, stop)
+        await run_service(settings, config, stop, webhook_bind, webhook_token)
 
     asyncio.run(main())
 

@@ -107,10 +107,22 @@ async def _ensure_state_topic(settings: Settings, stop: asyncio.Event) -> bool:
     return False
 
 
-async def run_service(settings: Settings, config: ChannelsConfig, stop: asyncio.Event) -> None:
+async def run_service(
+    settings: Settings,
+    config: ChannelsConfig,
+    stop: asyncio.Event,
+    webhook_bind: str | None = None,
+    webhook_token: str = "",
+) -> None:
+    """`webhook_bind` ('host:port'): also serve Grafana's alert webhook (alerts/grafana_webhook.py)."""
     if not await _ensure_state_topic(settings, stop):
         return
     tasks = [asyncio.create_task(DeliveryService(settings, config, stop).run(), name="delivery")]
+    if webhook_bind:
+        from strainwatch.alerts.grafana_webhook import GrafanaWebhook, serve
+
+        webhook = serve(GrafanaWebhook(config, webhook_token), webhook_bind, stop)
+        tasks.append(asyncio.create_task(webhook, name="grafana-webhook"))
     runner = outcome_runner()
     if runner is not None:
         tasks.append(asyncio.create_task(runner(settings, stop), name="outcomes"))

@@ -10,7 +10,7 @@ a fresh render). Grafana replaces `${VAR}` in these files with its container's e
 - `ALERTING_WEBHOOK_URL` (contact point): the alerting service's Grafana webhook, e.g.
   `http://alerting:8095/grafana/alerts`;
 - `ALERTING_WEBHOOK_TOKEN` (contact point): sent as `Authorization: Bearer …`, the token the
-  service's webhook expects (`--grafana-webhook-token`).
+  service's webhook expects (its `STRAINWATCH_GRAFANA_WEBHOOK_TOKEN`).
 
 Alert rule queries keep their own `$` (`$timeFilter`): Grafana does not expand the environment in a
 rule's query model or annotations, only in its labels (which therefore hold no `$`;
