@@ -338,6 +338,11 @@ def grafana_escape(value: str) -> str:
     return re.sub(r"[\\^$*+?.()|\[\]{}/]", lambda m: "\\" + m.group(), value)
 
 
+def seconds(duration: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([smhdw])", duration).groups()  # type: ignore[union-attr]
+    return int(number) * {"s": 1, "m": 60, "h": 3600, "d": DAY, "w": 7 * DAY}[unit]
+
+
 def expand(query: str, variables: dict[str, Var], t_from: int, t_to: int, interval: str) -> str:
     """The statement Grafana sends for a panel query over [t_from, t_to] (epoch seconds)."""
     query = query.replace("$timeFilter", f"time >= {t_from * 1000}ms and time <= {t_to * 1000 - 1}ms")
@@ -932,7 +937,8 @@ def run_case(loaded: tuple[Influx, str, Data], uid: str, board: dict[str, Any], 
         frames = []
         for target in panel["targets"]:
             what = f"{uid}: {panel['title']!r} {target['refId']}"
-            statement = expand(target["query"], case.variables, case.t_from, case.t_to, case.interval)
+            interval = max(case.interval, panel.get("interval", "0s"), key=seconds)  # the panel's minimum
+            statement = expand(target["query"], case.variables, case.t_from, case.t_to, interval)
             series = ql.query(statement)
             key = (panel["title"], target["refId"])
             assert key in case.expected, f"{what}: no expected values in this test"

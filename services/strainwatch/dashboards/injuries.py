@@ -14,6 +14,7 @@ from typing import Any
 
 from strainwatch.dashboards import queries, site
 from strainwatch.dashboards.panels import (
+    EVENTS_MIN_INTERVAL,
     NEUTRAL,
     assemble,
     bargauge_panel,
@@ -132,7 +133,7 @@ def build() -> dict[str, Any]:
             0,
             INCIDENT_STEPS,
             bars=True,
-        ).with_interval("1d"),
+        ).with_interval(EVENTS_MIN_INTERVAL),
         timeseries_panel(
             "Compliance against incidence rate",
             "Per interval with monitored hours and break outcomes: conditioning-break compliance (left,"
@@ -156,7 +157,7 @@ def build() -> dict[str, Any]:
                 override("incidence_rate", unit="short", decimals=2, custom_axisPlacement="right"),
                 override("compliance", unit="percent", decimals=0),
             ],
-        ).with_interval("1d"),
+        ).with_interval(EVENTS_MIN_INTERVAL),
     ]
     return assemble(
         UID,

@@ -83,6 +83,12 @@ def thresholds(*steps: Step) -> dashboard_builders.ThresholdsConfig:
 
 NEUTRAL = (None, "blue")  # a count or a basis, not good or bad
 
+# Minimum intervals of time-grouped panels. The rollup has one point per worker and hour, so a
+# shorter interval shows nothing more; and every bucket keeps the privacy rule on its own, so
+# counts of prompts and outcomes need buckets long enough to hold 5 workers' events.
+HOURLY_MIN_INTERVAL = "1h"
+EVENTS_MIN_INTERVAL = "1d"
+
 
 def override(name: str, **props: object) -> tuple[str, list[dashboard.DynamicConfigValue]]:
     return name, [dashboard.DynamicConfigValue(id_val=k.replace("_", "."), value=v) for k, v in props.items()]

@@ -10,6 +10,7 @@ from typing import Any
 
 from strainwatch.dashboards import queries, site
 from strainwatch.dashboards.panels import (
+    EVENTS_MIN_INTERVAL,
     NEUTRAL,
     assemble,
     bargauge_panel,
@@ -87,7 +88,7 @@ def build() -> dict[str, Any]:
             0,
             [NEUTRAL],
             bars=True,
-        ),
+        ).with_interval(EVENTS_MIN_INTERVAL),
         timeseries_panel(
             "Prompts sent and suppressed",
             "Prompt decisions per interval by status.",
@@ -102,7 +103,7 @@ def build() -> dict[str, Any]:
             0,
             [NEUTRAL],
             bars=True,
-        ),
+        ).with_interval(EVENTS_MIN_INTERVAL),
         bargauge_panel(
             "Suppressed by reason",
             "Prompts the delivery policy held back, by its reason.",
@@ -153,7 +154,7 @@ def build() -> dict[str, Any]:
             0,
             site.COMPLIANCE_STEPS,
             w=24,
-        ),
+        ).with_interval(EVENTS_MIN_INTERVAL),
     ]
     return assemble(
         UID,

@@ -10,6 +10,7 @@ from typing import Any
 
 from strainwatch.dashboards import queries
 from strainwatch.dashboards.panels import (
+    HOURLY_MIN_INTERVAL,
     NEUTRAL,
     Placed,
     assemble,
@@ -171,7 +172,7 @@ def trend(
         unit,
         decimals,
         steps,
-    )
+    ).with_interval(HOURLY_MIN_INTERVAL)
 
 
 def prompts(scope: Scope) -> list[Placed]:

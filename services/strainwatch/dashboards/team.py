@@ -10,6 +10,8 @@ from typing import Any
 
 from strainwatch.dashboards import queries, site
 from strainwatch.dashboards.panels import (
+    EVENTS_MIN_INTERVAL,
+    HOURLY_MIN_INTERVAL,
     NEUTRAL,
     Placed,
     assemble,
@@ -37,6 +39,7 @@ def against_site(
     unit: str,
     decimals: int,
     steps: Any,
+    min_interval: str = HOURLY_MIN_INTERVAL,
 ) -> Placed:
     """Two lines: the team's and the whole site's value of one column of the same figure."""
     return timeseries_panel(
@@ -49,7 +52,7 @@ def against_site(
         unit,
         decimals,
         steps,
-    )
+    ).with_interval(min_interval)
 
 
 def build() -> dict[str, Any]:
@@ -107,6 +110,7 @@ def build() -> dict[str, Any]:
             "percent",
             0,
             site.COMPLIANCE_STEPS,
+            EVENTS_MIN_INTERVAL,
         ),
         bargauge_panel(
             "Prompt decisions by status and reason",
