@@ -176,6 +176,14 @@ def covers(current: Any, desired: Any) -> bool:
     return bool(current == desired)
 
 
+def _http_errors() -> tuple[type[Exception], ...]:
+    """What grafana-client raises: its own errors, and niquests' (connection refused, TLS, ...)."""
+    import niquests
+    from grafana_client.client import GrafanaException
+
+    return (GrafanaException, niquests.exceptions.RequestException)
+
+
 def _status(error: Exception) -> int:
     return int(getattr(error, "status_code", 0) or 0)
 
@@ -191,22 +199,18 @@ class _Publisher:
         self.report = report
 
     def record(self, kind: str, name: str, action: Action, write: Callable[[], Any] | None = None) -> None:
-        from grafana_client.client import GrafanaException
-
         if action != "unchanged" and write is not None and not self.report.dry_run:
             try:
                 write()
-            except GrafanaException as error:
+            except _http_errors() as error:
                 raise PublishError(f"Grafana refused to {action} {kind} {name}: {_describe(error)}") from None
         self.report.changes.append(Change(kind, name, action))
 
     def read(self, what: str, fn: Callable[[], Any]) -> Any:
         """fn()'s answer, None when Grafana answers 404."""
-        from grafana_client.client import GrafanaException
-
         try:
             return fn()
-        except GrafanaException as error:
+        except _http_errors() as error:
             if _status(error) == 404:
                 return None
             raise PublishError(f"cannot read {what} from Grafana: {_describe(error)}") from None

@@ -440,6 +440,14 @@ def test_a_refusing_grafana_stops_with_its_answer(grafana: FakeGrafana) -> None:
     grafana.errors.clear()
 
 
+def test_an_unreachable_grafana_is_a_clear_error() -> None:
+    from strainwatch.stack.procs import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(PublishError, match=r"^cannot read the folder from Grafana: .*Connection refused"):
+        publish.publish(url, TOKEN, BOARDS, True, influx=INFLUX, webhook=WEBHOOK)
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 
