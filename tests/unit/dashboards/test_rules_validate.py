@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -234,3 +235,14 @@ def test_durations() -> None:
     assert [duration_s(d) for d in ("0s", "5m", "1h30m", "2d", "500ms")] == [0, 300, 5400, 172_800, 0.5]
     with pytest.raises(ValueError):
         duration_s("5 minutes")
+
+
+def test_the_committed_provisioning_is_the_generated_one_and_valid() -> None:
+    import yaml
+
+    from strainwatch.dashboards.provisioning import render
+
+    root = Path(__file__).resolve().parents[3] / "deploy" / "grafana" / "provisioning"
+    for rel, content in render().items():
+        assert (root / rel).read_text() == content, f"{rel}: run `strainwatch dashboards build`"
+    validate_provisioning(yaml.safe_load((root / "alerting" / "rules.yaml").read_text()))
