@@ -928,6 +928,7 @@ def run_case(loaded: tuple[Influx, str, Data], uid: str, board: dict[str, Any], 
     influx, database, _ = loaded
     ql = influx.ql(database)
     checked = 0
+    visited: set[tuple[str, str]] = set()
     for variable in board.get("templating", {}).get("list", []):
         statement = expand(variable["query"], case.variables, case.t_from, case.t_to, case.interval)
         values = {row[1] for s in ql.query(statement) for row in s["values"]}
@@ -942,6 +943,7 @@ def run_case(loaded: tuple[Influx, str, Data], uid: str, board: dict[str, Any], 
             series = ql.query(statement)
             key = (panel["title"], target["refId"])
             assert key in case.expected, f"{what}: no expected values in this test"
+            visited.add(key)
             grouped_by_time = "GROUP BY time(" in statement
             assert_rows(rows(series, grouped_by_time), case.expected[key], f"{what}\n{statement}")
             # the validator's idea of the result columns is InfluxDB's
@@ -971,6 +973,10 @@ def run_case(loaded: tuple[Influx, str, Data], uid: str, board: dict[str, Any], 
                 ],
                 f"{uid}: {panel['title']!r} after its transformations",
             )
+    assert visited == set(case.expected), (
+        "expected values for queries the dashboard lacks",
+        set(case.expected) - visited,
+    )
     return checked
 
 
