@@ -23,6 +23,7 @@ from strainwatch.dashboards.panels import (
     site_variable,
     stat_panel,
     table_query,
+    thresholds_value,
     timeseries_panel,
     transform,
 )
@@ -154,7 +155,13 @@ def build() -> dict[str, Any]:
                 ),
             ],
             overrides=[
-                override("incidence_rate", unit="short", decimals=2, custom_axisPlacement="right"),
+                override(
+                    "incidence_rate",
+                    unit="short",
+                    decimals=2,
+                    custom_axisPlacement="right",
+                    thresholds=thresholds_value(*RATE_STEPS),
+                ),
                 override("compliance", unit="percent", decimals=0),
             ],
         ).with_interval(EVENTS_MIN_INTERVAL),

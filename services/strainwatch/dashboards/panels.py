@@ -91,7 +91,13 @@ EVENTS_MIN_INTERVAL = "1d"
 
 
 def override(name: str, **props: object) -> tuple[str, list[dashboard.DynamicConfigValue]]:
+    """Field properties by name (`custom_axisPlacement` stands for `custom.axisPlacement`)."""
     return name, [dashboard.DynamicConfigValue(id_val=k.replace("_", "."), value=v) for k, v in props.items()]
+
+
+def thresholds_value(*steps: Step) -> dict[str, object]:
+    """Thresholds as an override's value."""
+    return thresholds(*steps).build().to_json()
 
 
 def transform(tid: str, options: dict[str, Any]) -> dashboard.DataTransformerConfig:
@@ -257,6 +263,7 @@ def _query_variable(
         .sort(dashboard.VariableSort.ALPHABETICAL_ASC)
         .multi(multi)
         .include_all(include_all)
+        .allow_custom_value(False)  # the listed values only (no typed regex)
     )
     if include_all:
         # a custom all value goes into the query raw: `=~ /^.*$/` rather than a list of every team
