@@ -269,11 +269,20 @@ def test_long_running_services_restart_and_have_healthchecks() -> None:
         assert check and not check.get("disable") and check.get("test"), f"{name} has no healthcheck"
 
 
+# variables a single service adds to the shared anchor
+ALLOWED_EXTRA_ENV = {
+    "alerting": {"STRAINWATCH_GRAFANA_WEBHOOK_BIND", "STRAINWATCH_GRAFANA_WEBHOOK_TOKEN"},
+    "grafana-publish": {"GRAFANA_PUBLISH_TOKEN"},
+}
+
+
 def test_strainwatch_services_share_the_env_anchor() -> None:
     compose = load_compose()
     anchor = compose["x-strainwatch-env"]
     for name, svc in strainwatch_services(compose).items():
-        assert environment(svc) == anchor, f"{name} does not use x-strainwatch-env"
+        env = environment(svc)
+        assert anchor.items() <= env.items(), f"{name} does not use x-strainwatch-env"
+        assert set(env) - set(anchor) <= ALLOWED_EXTRA_ENV.get(name, set()), name
         assert svc["build"]["dockerfile"] == "Dockerfile"
         assert (DEPLOY / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve() == DOCKERFILE
 
@@ -602,6 +611,26 @@ def test_every_variable_grafanas_provisioning_uses_is_set() -> None:
     assert not missing, f"deploy/grafana/provisioning uses {missing}, not set on the grafana service"
     for value in environment(grafana).values():
         interpolate(value, env_example())
+
+
+def test_grafanas_contact_point_is_the_alerting_services_webhook() -> None:
+    """Grafana's alert rules notify the alerting service's webhook, with the token it expects."""
+    from strainwatch.alerts.grafana_webhook import PATH, parse_bind
+    from strainwatch.dashboards.provisioning import WEBHOOK_PATH
+
+    compose = load_compose()
+    env = unique_env()
+    alerting = {k: interpolate(v, env) for k, v in environment(compose["services"]["alerting"]).items()}
+    grafana = {k: interpolate(v, env) for k, v in environment(compose["services"]["grafana"]).items()}
+    assert alerting["STRAINWATCH_GRAFANA_WEBHOOK_TOKEN"] == grafana["ALERTING_WEBHOOK_TOKEN"]
+    host, port = parse_bind(alerting["STRAINWATCH_GRAFANA_WEBHOOK_BIND"])
+    assert host == "0.0.0.0", "bound to loopback, Grafana's container could not reach it"
+    assert str(port) in compose["services"]["alerting"]["expose"]
+    assert not any(str(port) in str(p) for p in compose["services"]["alerting"].get("ports", []))
+    url = urlparse(interpolate(environment(compose["services"]["grafana"])["ALERTING_WEBHOOK_URL"], {}))
+    assert (url.scheme, url.hostname, url.port, url.path) == ("http", "alerting", port, PATH)
+    assert PATH == WEBHOOK_PATH
+    assert env_example()["ALERTING_WEBHOOK_URL"] == url.geturl()
 
 
 def test_grafana_mounts_provisioning_and_dashboards() -> None:

@@ -262,6 +262,9 @@ def test_each_container_gets_valid_settings(directory: Path, monkeypatch: pytest
                 assert ref["name"] in secrets or ref.get("optional"), f"{name}: no Secret {ref['name']}"
                 env |= secrets.get(ref["name"], {})
         for item in container.get("env", []):
+            if "value" in item:
+                env[item["name"]] = item["value"]
+                continue
             ref = item["valueFrom"]["secretKeyRef"]
             assert ref["key"] in secrets[ref["name"]], f"{name}: Secret {ref['name']} has no key {ref['key']}"
             env[item["name"]] = secrets[ref["name"]][ref["key"]]
@@ -350,3 +353,24 @@ def test_every_base_manifest_is_a_resource_and_selectors_match_their_pods() -> N
         <= d["spec"]["template"]["metadata"]["labels"].items()
     ]
     assert selected == ["strainwatch-processor"]
+
+
+def test_the_alerting_service_exposes_grafanas_webhook() -> None:
+    """The Service reaches the port the alerting service binds, on its pods, at the path Grafana's
+    contact point posts to; the webhook token is a Secret's, never a literal."""
+    from strainwatch.alerts.grafana_webhook import parse_bind
+
+    objects = render(K8S / "overlays" / "example")
+    service = of_kind(objects, "Service")["strainwatch-alerting"]
+    deployment = of_kind(objects, "Deployment")["strainwatch-alerting"]
+    pod = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    host, port = parse_bind(env["STRAINWATCH_GRAFANA_WEBHOOK_BIND"]["value"])
+    assert host == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    (service_port,) = service["spec"]["ports"]
+    assert ports[service_port["targetPort"]] == port == service_port["port"]
+    assert container["readinessProbe"]["tcpSocket"]["port"] in (port, service_port["targetPort"])
+    assert "valueFrom" in env["STRAINWATCH_GRAFANA_WEBHOOK_TOKEN"], "the token comes from a Secret"
