@@ -75,6 +75,7 @@ def build() -> dict[str, Any]:
             0,
             INCIDENT_STEPS,
             w=6,
+            no_value="0",  # no case in the range
         ),
         stat_panel(
             "Days away from work",
@@ -85,6 +86,7 @@ def build() -> dict[str, Any]:
             0,
             INCIDENT_STEPS,
             w=6,
+            no_value="0",  # no case in the range
         ),
         stat_panel(
             "Monitored hours (rate basis)",

@@ -158,10 +158,13 @@ def stat_panel(
     steps: Sequence[Step],
     w: int = 4,
     h: int = 4,
+    no_value: str | None = None,
     **kwargs: Any,
 ) -> Placed:
-    """One number per target: `field` of the query's (single) row."""
+    """One number per target: `field` of the query's (single) row (`no_value` when it has none)."""
     builder = _common(stat.Panel(), title, description, targets, unit, decimals, steps, **kwargs)
+    if no_value is not None:
+        builder = builder.no_value(no_value)
     builder = (
         builder.reduce_options(
             common_builders.ReduceDataOptions().calcs(["lastNotNull"]).fields(f"/^{field}$/").values(False)
