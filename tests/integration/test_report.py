@@ -650,3 +650,32 @@ def test_roster_hours_are_the_basis(loaded: Loaded, tmp_path: Path, monkeypatch:
     assert float(summary["recordable_rate"]) == approx(2 * 200_000 / roster_hours)
     labels = {r["metric"]: r["label"] for r in read_csv(out / CSV_DIR, "incidents_summary")}
     assert labels["hours"] == "Hours basis: roster hours worked"
+
+
+def test_report_numbers_are_the_shared_figures(loaded: Loaded, october: Path) -> None:
+    """The report computes its ratios from flat sums (fast); the dashboards run storage/figures.py's
+    statements. On the same data both give the same numbers."""
+    from strainwatch.storage import figures
+
+    ql = loaded.influx.ql(loaded.database)
+    scope = figures.Scope.month(2026, 10, SITE)
+    summary = values(read_csv(october / CSV_DIR, "summary"))
+    monitored = ql.query(figures.monitored(scope))[0]
+    row = dict(zip(monitored["columns"], monitored["values"][0], strict=True))
+    assert int(summary["monitored_workers"]) == row["workers"]
+    assert float(summary["monitored_hours"]) == approx(row["hours"])
+    series = ql.query(figures.dose_per_hour(scope))[0]
+    assert float(summary["dose_per_hour"]) == approx(series["values"][0][1])
+    series = ql.query(figures.violations_per_100h(scope))[0]
+    assert float(summary["violations_per_100h"]) == approx(series["values"][0][1])
+    zones = {r["segment"]: r for r in read_csv(october / CSV_DIR, "zones")}
+    for seg in SEGMENTS:
+        series = ql.query(figures.zone_percent(seg, scope))[0]
+        row = dict(zip(series["columns"], series["values"][0], strict=True))
+        for zone in ("acceptable", "conditional", "not_acceptable"):
+            assert float(zones[seg][f"{zone}_pct"]) == approx(row[zone])
+    teams = {r["team"]: r for r in read_csv(october / CSV_DIR, "hotspots_teams")}
+    shared = ql.query(figures.dose_per_hour(scope, by="team"))
+    assert {s["tags"]["team"] for s in shared} == {"A", "B"}  # the figure drops C and D itself
+    for s in shared:
+        assert float(teams[s["tags"]["team"]]["dose_per_hour"]) == approx(s["values"][0][1])

@@ -28,7 +28,7 @@ from strainwatch.reports.model import (
     TrendMonth,
     incidence_rate,
 )
-from strainwatch.reports.privacy import GroupFigure, with_other
+from strainwatch.reports.privacy import RawGroup, merge_small
 from strainwatch.reports.queries import Reader, Row
 from strainwatch.reports.roster import Roster
 from strainwatch.storage import figures
@@ -115,10 +115,11 @@ def build_report(
             "reports never show a group that small (choose the site, or a larger team)"
         )
     step("month read")
-    totals = _totals(first)
-    teams = _groups(reader, month, "team", first["dose_team"], first["dose"], first["scope_workers"])
-    tasks = _groups(reader, month, "task", first["dose_task"], first["dose"], first["scope_workers"])
-    segments = _segments(first)
+    sums = _first(first["sums"])
+    totals = _totals(sums, scope_workers)
+    teams = _groups(reader, month, "team", first["team_sums"], first["team_workers"])
+    tasks = _groups(reader, month, "task", first["task_sums"], first["task_workers"])
+    segments = _segments(sums)
     prompts = _prompts(first["prompts"], first["outcomes"])
     roster_hours = roster.hours_worked(scope.year, scope.month, scope.site, scope.team) if roster else None
     incidents = _incidents(first["incidents"], totals.hours, roster_hours)
@@ -160,78 +161,85 @@ def _scope_name(scope: ReportScope) -> str:
     return f"site {scope.site}" if scope.site else "the scope"
 
 
+def _rollup_fields() -> list[str]:
+    fields = ["wear_s", "violations", "accrued_upper_back"]
+    for segment in SEGMENTS:
+        fields += [f"zone_{segment}_{zone}_s" for zone in ZONES]
+        fields += [f"cut_{segment}_gt{d}_s" for d in cutpoints(segment)]
+    return fields
+
+
+GROUP_FIELDS = ["wear_s", "accrued_upper_back"]
+
+
 def _month_statements(month: Scope) -> dict[str, str]:
-    st = {
+    return {
         "scope_workers": queries.scope_workers(month),
-        "monitored": figures.monitored(month),
-        "violations": figures.violations_per_100h(month),
-        "dose": figures.dose_per_hour(month),
-        "dose_team": figures.dose_per_hour(month, by="team"),
-        "dose_task": figures.dose_per_hour(month, by="task"),
+        "sums": queries.rollup_sums(month, _rollup_fields()),
+        "team_sums": queries.rollup_sums(month, GROUP_FIELDS, by="team"),
+        "team_workers": queries.group_workers(month, "team"),
+        "task_sums": queries.rollup_sums(month, GROUP_FIELDS, by="task"),
+        "task_workers": queries.group_workers(month, "task"),
         "prompts": queries.prompt_counts_by_kind(month),
         "outcomes": figures.outcome_counts(month),
         "incidents": figures.incident_counts(month, by=("body_part", "severity")),
     }
-    for segment in SEGMENTS:
-        st[f"zone_{segment}"] = figures.zone_percent(segment, month)
-        st[f"cut_{segment}"] = figures.cutpoint_percent(segment, cutpoints(segment), month)
-    return st
 
 
-def _totals(r: dict[str, list[Row]]) -> Totals:
-    monitored = _first(r["monitored"])
-    violations = _first(r["violations"])
-    dose = _first(r["dose"])
+def _ratio(numerator: float | None, denominator: float | None, scale: float = 1.0) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return _r(scale * numerator / denominator)
+
+
+def _totals(sums: Row | None, workers: int) -> Totals:
+    wear = _num(sums, "wear_s") or 0.0
+    hours = wear / 3600.0
+    violations = _num(sums, "violations") or 0.0
     return Totals(
-        workers=int(_num(monitored, "workers") or 0),
-        hours=_r(_num(monitored, "hours")) or 0.0,
-        violations=int(_num(violations, "violations") or 0),
-        violations_per_100h=_r(_num(violations, "per_100h")),
-        dose_per_hour=_r(_num(dose, "dose_per_hour")),
+        workers=workers,
+        hours=_r(hours) or 0.0,
+        violations=int(violations),
+        violations_per_100h=_ratio(violations, hours, 100.0),
+        dose_per_hour=_ratio(_num(sums, "accrued_upper_back"), hours),
     )
 
 
-def _figure(rows: list[Row], name_tag: str | None) -> list[GroupFigure]:
-    out = []
-    for row in rows:
-        hours = _num(row, "hours") or 0.0
-        out.append(
-            GroupFigure(
-                str(row.get(name_tag, "")) if name_tag else "total",
-                int(_num(row, "workers") or 0),
-                hours,
-                _num(row, "dose_per_hour"),
-            )
+def _groups(reader: Reader, month: Scope, by: str, sums: list[Row], workers: list[Row]) -> list[Group]:
+    counts = {str(row.get(by)): int(_num(row, "workers") or 0) for row in workers}
+    raw = [
+        RawGroup(
+            str(row.get(by)),
+            counts.get(str(row.get(by)), 0),
+            _num(row, "wear_s") or 0.0,
+            _num(row, "accrued_upper_back") or 0.0,
         )
-    return out
+        for row in sums
+        if (_num(row, "wear_s") or 0.0) > 0
+    ]
+    shown = [g.name for g in raw if g.workers >= MIN_GROUP_WORKERS]
+
+    def distinct(_names: list[str]) -> int:
+        return int(_num(_first(reader.rows(queries.workers_outside(month, by, shown))), "workers") or 0)
+
+    return merge_small(raw, distinct)
 
 
-def _groups(
-    reader: Reader, month: Scope, by: str, rows: list[Row], total_rows: list[Row], scope_workers: list[Row]
-) -> list[Group]:
-    shown = _figure(rows, by)
-    total = _figure(total_rows, None)
-    if not total:
-        return []
-    other_workers = int(
-        _num(_first(reader.rows(queries.workers_outside(month, by, [g.name for g in shown]))), "workers") or 0
-    )
-    groups = with_other(shown, total[0], other_workers)
-    return [Group(g.name, g.workers, _r(g.hours) or 0.0, _r(g.dose_per_hour), g.withheld) for g in groups]
-
-
-def _segments(r: dict[str, list[Row]]) -> list[SegmentExposure]:
+def _segments(sums: Row | None) -> list[SegmentExposure]:
     out = []
     for segment in SEGMENTS:
-        zone = _first(r[f"zone_{segment}"])
-        cut = _first(r[f"cut_{segment}"])
-        if zone is None or not any(_num(zone, z) for z in ZONES):
+        zones = {zone: _num(sums, f"zone_{segment}_{zone}_s") or 0.0 for zone in ZONES}
+        measured = sum(zones.values())
+        if measured <= 0:
             continue  # no device in scope measured this segment this month (the rollup writes zeros)
         out.append(
             SegmentExposure(
                 segment,
-                {z: _r(_num(zone, z)) for z in ZONES},
-                {f"gt{d}": _r(_num(cut, f"gt{d}")) for d in cutpoints(segment)},
+                {z: _ratio(v, measured, 100.0) for z, v in zones.items()},
+                {
+                    f"gt{d}": _ratio(_num(sums, f"cut_{segment}_gt{d}_s") or 0.0, measured, 100.0)
+                    for d in cutpoints(segment)
+                },
             )
         )
     return out
@@ -365,49 +373,54 @@ def _split(reader: Reader, scope: ReportScope) -> ComplianceSplit:
     )
 
 
+TREND_FIELDS = ["wear_s", "violations", "accrued_upper_back"] + [
+    f"zone_{segment}_{zone}_s" for segment in SEGMENTS for zone in ZONES
+]
+
+
 def _trend(reader: Reader, scope: ReportScope) -> list[TrendMonth]:
     months = [scope.shifted(-i) for i in range(TREND_MONTHS - 1, -1, -1)]
     statements: dict[str, str] = {}
     for m in months:
         s = figures.Scope.between(m.start_s, m.end_s, scope.site, scope.team)
-        statements[f"{m.label}/monitored"] = figures.monitored(s)
-        statements[f"{m.label}/violations"] = figures.violations_per_100h(s)
-        statements[f"{m.label}/dose"] = figures.dose_per_hour(s)
-        statements[f"{m.label}/compliance"] = figures.conditioning_compliance(s)
+        statements[f"{m.label}/workers"] = queries.scope_workers(s)
+        statements[f"{m.label}/sums"] = queries.rollup_sums(s, TREND_FIELDS)
+        statements[f"{m.label}/compliance"] = figures.conditioning_compliance(s, min_workers=1)
         statements[f"{m.label}/incidents"] = figures.incident_counts(s, by=("severity",))
-        for segment in SEGMENTS:
-            statements[f"{m.label}/time/{segment}"] = queries.segment_time(segment, s)
     r = _Batch(statements).run(reader)
     out = []
     for m in months:
-        monitored = _first(r[f"{m.label}/monitored"])
-        hours = _num(monitored, "hours") or 0.0
+        workers = int(_num(_first(r[f"{m.label}/workers"]), "workers") or 0)
         incidents = {
             str(row.get("severity")): int(_num(row, "incidents") or 0) for row in r[f"{m.label}/incidents"]
         }
         recordable = incidents.get("recordable", 0)
+        if workers < MIN_GROUP_WORKERS:  # no data, or too few workers to show (privacy)
+            out.append(
+                TrendMonth(
+                    m.label, None, 0.0, None, None, None, None, sum(incidents.values()), recordable, None
+                )
+            )
+            continue
+        sums = _first(r[f"{m.label}/sums"])
+        hours = (_num(sums, "wear_s") or 0.0) / 3600.0
+        measured = sum(_num(sums, f"zone_{seg}_{z}_s") or 0.0 for seg in SEGMENTS for z in ZONES)
+        at_risk = sum(_num(sums, f"zone_{seg}_not_acceptable_s") or 0.0 for seg in SEGMENTS)
         out.append(
             TrendMonth(
                 m.label,
-                None if monitored is None else int(_num(monitored, "workers") or 0),
+                workers,
                 _r(hours) or 0.0,
-                _r(_pooled_not_acceptable([r[f"{m.label}/time/{seg}"] for seg in SEGMENTS])),
-                _r(_num(_first(r[f"{m.label}/violations"]), "per_100h")),
-                _r(_num(_first(r[f"{m.label}/dose"]), "dose_per_hour")),
+                _ratio(at_risk, measured, 100.0),
+                _ratio(_num(sums, "violations") or 0.0, hours, 100.0),
+                _ratio(_num(sums, "accrued_upper_back"), hours),
                 _r(_num(_first(r[f"{m.label}/compliance"]), "compliance")),
                 sum(incidents.values()),
                 recordable,
-                _r(incidence_rate(recordable, hours)) if monitored else None,
+                _r(incidence_rate(recordable, hours)),
             )
         )
     return out
-
-
-def _pooled_not_acceptable(per_segment: list[list[Row]]) -> float | None:
-    """Percent of measured segment-time in the not-acceptable zone, pooled over segments."""
-    measured = sum(_num(_first(rows), "measured") or 0.0 for rows in per_segment)
-    at_risk = sum(_num(_first(rows), "not_acceptable") or 0.0 for rows in per_segment)
-    return 100.0 * at_risk / measured if measured > 0 else None
 
 
 def _habituation(reader: Reader, scope: ReportScope) -> tuple[list[HabituationMonth], str]:
