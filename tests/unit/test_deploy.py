@@ -272,7 +272,12 @@ def test_long_running_services_restart_and_have_healthchecks() -> None:
 # variables a single service adds to the shared anchor
 ALLOWED_EXTRA_ENV = {
     "alerting": {"STRAINWATCH_GRAFANA_WEBHOOK_BIND", "STRAINWATCH_GRAFANA_WEBHOOK_TOKEN"},
-    "grafana-publish": {"GRAFANA_PUBLISH_TOKEN"},
+    "grafana-publish": {
+        "GRAFANA_PUBLISH_TOKEN",
+        "STRAINWATCH_GRAFANA_INFLUX_URL",
+        "STRAINWATCH_GRAFANA_WEBHOOK_URL",
+        "STRAINWATCH_GRAFANA_WEBHOOK_TOKEN",
+    },
 }
 
 
@@ -465,7 +470,7 @@ def test_the_shell_scripts_pass_shellcheck(tmp_path: Path) -> None:
     result = shellcheck(INIT_SCRIPT, "bash")
     assert result.returncode == 0, result.stdout
     compose = load_compose()
-    for name in (*sorted(INFLUX_WRITERS), "grafana"):
+    for name in (*sorted(INFLUX_WRITERS), "grafana", "grafana-publish"):
         entrypoint = compose["services"][name]["entrypoint"]
         assert entrypoint[:2] == ["/bin/sh", "-c"], name
         script = tmp_path / f"{name}.sh"
@@ -525,7 +530,10 @@ def test_bucket_retentions() -> None:
 def test_each_consumer_gets_its_own_token_and_only_the_influxdb_service_the_operator_token() -> None:
     compose = load_compose()
     volume, subpath = influx_token_dir(compose)
-    expected = {name: "services-write.token" for name in INFLUX_WRITERS} | {"grafana": "grafana-read.token"}
+    expected = {name: "services-write.token" for name in INFLUX_WRITERS} | {
+        "grafana": "grafana-read.token",
+        "grafana-publish": "grafana-read.token",  # the data source it creates reads with it
+    }
     for name, svc in compose["services"].items():
         token_mounts = [m for m in mounts(svc) if m["source"] == volume and name != "influxdb"]
         if name not in expected:
@@ -555,10 +563,14 @@ def run_entrypoint(
     )
 
 
-@pytest.mark.parametrize("service", sorted(INFLUX_WRITERS))
+SHIMS = {name: "services-write.token" for name in INFLUX_WRITERS} | {"grafana-publish": "grafana-read.token"}
+
+
+@pytest.mark.parametrize("service", sorted(SHIMS))
 def test_the_token_shim_exports_the_token_and_runs_the_command(tmp_path: Path, service: str) -> None:
     svc = load_compose()["services"][service]
-    (tmp_path / "services-write.token").write_text("tok-123_ABC==")
+    token_file = tmp_path / SHIMS[service]
+    token_file.write_text("tok-123_ABC==")
     probe = [
         sys.executable,
         "-c",
@@ -569,7 +581,7 @@ def test_the_token_shim_exports_the_token_and_runs_the_command(tmp_path: Path, s
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "tok-123_ABC== ['x']"
     # no token file: the service refuses to start (restart: unless-stopped tries again) and says why
-    (tmp_path / "services-write.token").unlink()
+    token_file.unlink()
     result = run_entrypoint(svc["entrypoint"], tmp_path, probe)
     assert result.returncode == 1 and "docs/deploy.md" in result.stderr and not result.stdout
 
