@@ -507,7 +507,7 @@ def days(duration: str) -> float:
 
 def test_bucket_retentions() -> None:
     """Main bucket about 5 years (monthly reports, year-on-year trends); windows a few weeks, more
-    than a month so the last month's windows are there while its report is made."""
+    than a month so that the last 30 days can always be looked at window by window."""
     example = env_example()
     influxdb = {
         k: interpolate(v, example) for k, v in environment(load_compose()["services"]["influxdb"]).items()
