@@ -101,7 +101,7 @@ def produce_workload(bootstrap: str, workers: int, seconds: int) -> tuple[int, i
 
 def stored(ql: InfluxQL) -> int:
     try:
-        return int(ql.scalar('SELECT SUM("frames") FROM "exposure"'))
+        return int(ql.scalar('SELECT SUM("frames") FROM "windows"."exposure"'))
     except Exception:
         return 0
 
@@ -162,7 +162,7 @@ def run_faust(
         "elapsed_s": done - started,
         "steady_s": done - (first or started),
         "stored_frames": stored(ql),
-        "samples_sum": ql.scalar('SELECT SUM("samples_trunk_flexion") FROM "exposure"'),
+        "samples_sum": ql.scalar('SELECT SUM("samples_trunk_flexion") FROM "windows"."exposure"'),
     }
 
 

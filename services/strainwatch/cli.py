@@ -28,11 +28,14 @@ def config_show() -> None:
 def _register() -> None:
     # Each service contributes its commands from its own module.
     from strainwatch.alerts.cli import register as register_alerts
+    from strainwatch.dashboards.cli import register as register_dashboards
     from strainwatch.demo import register as register_demo
     from strainwatch.exposure_cli import register as register_exposure
     from strainwatch.fleet.cli import register as register_fleet
     from strainwatch.gateway.cli import register as register_gateway
+    from strainwatch.incidents.cli import register as register_incidents
     from strainwatch.processor.cli import register as register_processor
+    from strainwatch.reports.cli import register as register_reports
     from strainwatch.schemas_cli import register as register_schemas
     from strainwatch.stack.cli import register as register_stack
 
@@ -45,6 +48,9 @@ def _register() -> None:
         register_schemas,
         register_demo,
         register_alerts,
+        register_incidents,
+        register_reports,
+        register_dashboards,
     ):
         register(app)
 

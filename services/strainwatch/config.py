@@ -20,6 +20,17 @@ class Settings(BaseSettings):
     influx_token: SecretStr = SecretStr("strainwatch-local-token")
     influx_org: str = "strainwatch"
     influx_bucket: str = Field("strainwatch", description="bucket, readable as an InfluxQL database")
+    influx_windows_bucket: str = Field(
+        "",
+        description="bucket of the 10-second windows (short retention); empty: '<influx_bucket>/windows', "
+        "the InfluxDB 1.x database/retention-policy form (2.x: a bucket mapped to rp 'windows')",
+    )
+    windows_retention_days: int = Field(
+        35, ge=1, description="how long the 10-second exposure windows are kept (the stack sets it)"
+    )
+    retention_days: int = Field(
+        1825, ge=0, description="how long rollups, alerts, prompts and incidents are kept; 0 = forever"
+    )
 
     # Local stack (demo and tests only)
     state_dir: Path = Path(".strainwatch")

@@ -351,7 +351,7 @@ def await_prompts(ql: InfluxQL, where: str, services: list[Any], timeout_s: floa
 
 
 def _summary(ql: InfluxQL, where: str, site: str) -> dict[str, Any]:
-    points = int(ql.scalar(f'SELECT COUNT("wear_s") FROM "exposure" WHERE {where}'))
+    points = int(ql.scalar(f'SELECT COUNT("wear_s") FROM "windows"."exposure" WHERE {where}'))
     alerts = {
         s["tags"]["kind"]: int(s["values"][0][1])
         for s in ql.query(influxql.break_alert_counts("kind", where))
@@ -368,7 +368,7 @@ def _summary(ql: InfluxQL, where: str, site: str) -> dict[str, Any]:
     ]
     cols = ", ".join(f'SUM("{f}")' for f in fields)
     teams = {}
-    for s in ql.query(f'SELECT {cols} FROM "exposure" WHERE {where} GROUP BY "team"'):
+    for s in ql.query(f'SELECT {cols} FROM "windows"."exposure" WHERE {where} GROUP BY "team"'):
         values = dict(zip(fields, s["values"][0][1:], strict=True))
         teams[s["tags"]["team"]] = {k: float(v or 0) for k, v in values.items()}
     prompts: Counter[str] = Counter()

@@ -155,6 +155,11 @@ class ExposureWindow(Message):
     dose: dict[str, float] = Field(
         default_factory=dict, description="per segment and upper_back, at window end"
     )
+    accrued: dict[str, float] = Field(
+        default_factory=dict,
+        description="dose accrued within the window before recovery, per segment and upper_back",
+    )
+    task: str | None = Field(default=None, description="the roster's task or station for the worker")
 
 
 AlertKind = Literal["posture_hold", "conditioning_break"]
@@ -263,6 +268,12 @@ class RosterEntry(Message):
     worker_id: Ident
     site_id: Ident
     team: str = Field(min_length=1, max_length=64)
+    task: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="the task or station the worker is on (reports rank tasks by dose per hour)",
+    )
     shift: str = Field(min_length=1, max_length=32)
     device_id: Ident | None = Field(default=None, description="the wearable bound to this worker")
     scheduled_breaks: list[str] = Field(

@@ -10,6 +10,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from strainwatch.storage.influxql import InfluxQL
+from strainwatch.storage.measurements import source
 from strainwatch.topics import POSTURE_EVENTS
 from tests.support import aligned_start, encode, frame
 
@@ -47,7 +48,7 @@ def produce(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> None:
 
 def stored_frames(ql: InfluxQL) -> int:
     try:
-        return int(ql.scalar('SELECT SUM("frames") FROM "exposure"'))
+        return int(ql.scalar('SELECT SUM("frames") FROM "windows"."exposure"'))
     except Exception:
         return 0
 
@@ -55,7 +56,7 @@ def stored_frames(ql: InfluxQL) -> int:
 def all_points(ql: InfluxQL, measurement: str) -> dict[tuple[Any, ...], dict[str, Any]]:
     """Every point of a measurement keyed by (tags..., time), fields as a dict."""
     points: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for series in ql.query(f'SELECT * FROM "{measurement}" GROUP BY *'):
+    for series in ql.query(f"SELECT * FROM {source(measurement)} GROUP BY *"):
         tags = tuple(sorted((series.get("tags") or {}).items()))
         columns = series["columns"]
         for row in series["values"]:
@@ -66,7 +67,7 @@ def all_points(ql: InfluxQL, measurement: str) -> dict[tuple[Any, ...], dict[str
 
 def frames_by_window(ql: InfluxQL) -> dict[tuple[str, int], int]:
     by_window: dict[tuple[str, int], int] = {}
-    for series in ql.query('SELECT "frames" FROM "exposure" GROUP BY "worker"'):
+    for series in ql.query('SELECT "frames" FROM "windows"."exposure" GROUP BY "worker"'):
         worker = (series.get("tags") or {}).get("worker", "?")
         for ts, frames in series["values"]:
             by_window[(worker, ts)] = by_window.get((worker, ts), 0) + int(frames or 0)

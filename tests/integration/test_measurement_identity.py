@@ -28,13 +28,15 @@ from strainwatch.storage.measurements import (
     EXPOSURE_TAGS,
     break_alert_line,
     exposure_line,
+    source,
 )
 from tests.integration.conftest import Influx
 from tests.support import aligned_start
 
 pytestmark = pytest.mark.integration
 
-T0 = 1_700_000_000  # a whole second; events below sit at or just after it
+# a whole second, recent: the 10-second windows' retention policy keeps weeks, not years
+T0 = int(aligned_start(hours_ago=24.0).timestamp())
 
 
 def _write(influx: Influx, database: str, lines: list[str]) -> None:
@@ -52,7 +54,7 @@ def _write(influx: Influx, database: str, lines: list[str]) -> None:
 def _points(influx: Influx, database: str, measurement: str) -> dict[tuple[Any, ...], dict[str, Any]]:
     """Stored points keyed by identity (tags, time), fields as a dict."""
     points: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for series in influx.ql(database).query(f'SELECT * FROM "{measurement}" GROUP BY *'):
+    for series in influx.ql(database).query(f"SELECT * FROM {source(measurement)} GROUP BY *"):
         tags = tuple(sorted((series.get("tags") or {}).items()))
         for row in series["values"]:
             fields = {c: v for c, v in zip(series["columns"], row, strict=True) if c != "time"}
@@ -214,3 +216,29 @@ def test_a_simulated_site_keeps_every_alert_and_window(influx: Influx) -> None:
     stored_alerts = sum(int(s["values"][0][1]) for s in ql.query(influxql.break_alert_counts("segment")))
     assert stored_alerts == len(alerts)
     assert int(ql.scalar(influxql.exposure_points_count())) == len(windows)
+
+
+def test_windows_older_than_their_retention_are_dropped_and_the_rest_stored(influx: Influx) -> None:
+    """A backfill of frames older than the windows' retention (35 days by default): InfluxDB drops
+    those points; the sink must not retry them forever, and the other points of the batch are kept."""
+    database = influx.new_database()
+    old = T0 - 60 * 86_400
+    lines = [
+        exposure_line("plant-1", "assembly", "w-1", _window(old)),
+        exposure_line("plant-1", "assembly", "w-1", _window(T0)),
+        break_alert_line("plant-1", "assembly", "w-1", "posture_hold", "neck_flexion", 1.0, "a-1", old),
+    ]
+
+    async def write() -> int:
+        sink = InfluxSink(influx.url, "test-token", "strainwatch", database)
+        try:
+            sink.add(lines)
+            await asyncio.wait_for(sink.flush(), timeout=30)
+            return sink.beyond_retention_batches
+        finally:
+            await sink.close()
+
+    assert asyncio.run(write()) == 1
+    assert [key[1] for key in _points(influx, database, EXPOSURE)] == [T0]
+    # the long retention policy keeps the 60-day-old alert
+    assert [key[1] for key in _points(influx, database, BREAK_ALERT)] == [old]

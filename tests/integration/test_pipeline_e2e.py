@@ -134,7 +134,7 @@ def test_known_frames_counted_exactly_once(
     def frames_stored() -> float | None:
         assert proc.running(), proc.log()
         try:
-            total = ql.scalar('SELECT SUM("frames") FROM "exposure"')
+            total = ql.scalar('SELECT SUM("frames") FROM "windows"."exposure"')
         except Exception:
             return None
         return total if total >= valid_frames else None
@@ -143,12 +143,13 @@ def test_known_frames_counted_exactly_once(
     letters = read_dead_letters(broker.bootstrap, sum(reasons.values()))
     assert proc.terminate(timeout_s=30) == 0, proc.log()
 
-    assert ql.scalar('SELECT SUM("frames") FROM "exposure"') == valid_frames
+    assert ql.scalar('SELECT SUM("frames") FROM "windows"."exposure"') == valid_frames
     for segment, count in samples.items():
-        assert ql.scalar(f'SELECT SUM("samples_{segment}") FROM "exposure"') == count, segment
-    assert ql.scalar('SELECT SUM("wear_s") FROM "exposure"') == pytest.approx(75.0)
+        assert ql.scalar(f'SELECT SUM("samples_{segment}") FROM "windows"."exposure"') == count, segment
+    assert ql.scalar('SELECT SUM("wear_s") FROM "windows"."exposure"') == pytest.approx(75.0)
     workers = {
-        s["tags"]["worker"] for s in ql.query('SELECT SUM("frames") FROM "exposure" GROUP BY "worker"')
+        s["tags"]["worker"]
+        for s in ql.query('SELECT SUM("frames") FROM "windows"."exposure" GROUP BY "worker"')
     }
     assert workers == {"w-a1", "w-b2", "w-c3"}
 

@@ -85,6 +85,9 @@ def test_kill_9_mid_stream_gives_the_same_results(
 
     assert stored_frames(crashed) == total
     assert all_points(crashed, "exposure") == all_points(reference, "exposure")
+    reference_hours = all_points(reference, "exposure_hourly")
+    assert reference_hours, "the hourly rollup should be written"
+    assert all_points(crashed, "exposure_hourly") == reference_hours
     reference_alerts = all_points(reference, "break_alert")
     assert reference_alerts, "the workload should raise alerts"
     assert all_points(crashed, "break_alert") == reference_alerts
@@ -104,6 +107,7 @@ def test_kill_9_mid_stream_gives_the_same_results(
     first.kill9()
     last = run_to_completion(run_processor, env, skipped, total, reference, SKIPPING_PROCESSOR)
     assert all_points(skipped, "exposure") == all_points(reference, "exposure")
+    assert all_points(skipped, "exposure_hourly") == reference_hours
     assert all_points(skipped, "break_alert") == reference_alerts
     stopped = log_events(last.full_log(), "processor stopped cleanly")
     # the restarted run read from the broker at least the skipped offsets it had not committed yet
@@ -134,7 +138,7 @@ def test_influxdb_outage_loses_nothing(
     wait_for(lambda: stored_frames(ql) >= total, timeout_s=120, what="every frame after the outage")
     assert proc.terminate() == 0, proc.log()
     assert stored_frames(ql) == total
-    assert ql.scalar('SELECT SUM("samples_trunk_flexion") FROM "exposure"') == total * 10
+    assert ql.scalar('SELECT SUM("samples_trunk_flexion") FROM "windows"."exposure"') == total * 10
     assert "influx write failed" in proc.log()
 
 
@@ -159,7 +163,7 @@ def test_sigterm_flushes_and_restart_adds_nothing_twice(
     assert "processor stopped cleanly" in first.log()
     second = run_to_completion(run_processor, env, ql, total)
     assert stored_frames(ql) == total
-    assert ql.scalar('SELECT SUM("samples_arm_elevation_right") FROM "exposure"') == total * 10
+    assert ql.scalar('SELECT SUM("samples_arm_elevation_right") FROM "windows"."exposure"') == total * 10
     # the first instance committed all it had consumed before it stopped: nothing is replayed, and
     # after the second's SIGTERM the group's offsets stand at the log end
     stopped = log_events(second.full_log(), "processor stopped cleanly")

@@ -142,6 +142,9 @@ class Group:
         assert all_points(self.ql, "exposure") == all_points(reference, "exposure"), window_diff(
             reference, self.ql
         )
+        hours = all_points(reference, "exposure_hourly")
+        assert hours, "the hourly rollup should be written"
+        assert all_points(self.ql, "exposure_hourly") == hours
         alerts = all_points(reference, "break_alert")
         assert alerts, "the workload should raise alerts"
         assert all_points(self.ql, "break_alert") == alerts

@@ -65,10 +65,12 @@ W_SAMPLES = 10  # samples
 W_ACC, W_COND, W_NA = 11, 12, 13  # seconds per zone
 W_CUT0, W_CUT1, W_CUT2 = 14, 15, 16  # seconds above each cut-point
 W_LONGEST = 17  # longest hold
-NS = 18
+W_ACCRUED = 18  # dose accrued in the window, before recovery (dose per hour of work sums these)
+NS = 19
 MAX_CUTPOINTS = 3
-_STATE_VERSION = 3
+_STATE_VERSION = 4
 _NG_V2 = 9  # version 2 had no sample clock
+_NS_V3 = 18  # versions 2 and 3 had no accrued-dose slot
 # Dose comparisons carry this much slack (dose points; outputs are rounded to 1e-6): 600 s at 1/s and
 # 100 Hz is 60,000 float steps of 0.01 = 599.9999999996, and must reach the 600 threshold.
 DOSE_SLACK = 1e-6
@@ -116,6 +118,7 @@ class SegmentSlots:
     window_conditional_s = _Slot(W_COND)
     window_not_acceptable_s = _Slot(W_NA)
     window_longest_hold_s = _Slot(W_LONGEST)
+    window_accrued = _Slot(W_ACCRUED)
 
     @property
     def hold_mean(self) -> float:
@@ -125,8 +128,8 @@ class SegmentSlots:
         return self.slots[self.base + W_CUT0 + k]
 
     def clear_window(self) -> None:
-        """Zero the open window's aggregates (W_SAMPLES..W_LONGEST)."""
-        for slot in range(W_SAMPLES, W_LONGEST + 1):
+        """Zero the open window's aggregates (W_SAMPLES..W_ACCRUED)."""
+        for slot in range(W_SAMPLES, W_ACCRUED + 1):
             self.slots[self.base + slot] = 0.0
 
 
@@ -179,6 +182,9 @@ class WindowAggregate:
     dose: dict[str, float]
     violations: int
     thresholds_version: str
+    # dose accrued within the window, before recovery, per segment and `upper_back` (sums over
+    # windows are the dose a stretch of work caused: dose per monitored hour)
+    accrued: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -238,13 +244,21 @@ class WorkerState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> WorkerState:
-        if not data or data[0] not in (2, _STATE_VERSION):
+        if not data or data[0] not in (2, 3, _STATE_VERSION):
             raise ValueError("unknown exposure state version")
         slots = array("d")
         slots.frombytes(data[1:])
         if data[0] == 2 and len(slots) >= _NG_V2:
             # version 2: no sample clock; the next frame anchors a new one at its end
             slots[_NG_V2:_NG_V2] = array("d", (slots[G_END], 0.0))
+        if data[0] in (2, 3):
+            # versions 2 and 3: no accrued-dose slot; the open window's accrual starts at 0
+            blocks_v3, rest_v3 = divmod(len(slots) - NG, _NS_V3)
+            if rest_v3:
+                raise ValueError("exposure state has the wrong size")
+            for index in reversed(range(blocks_v3)):
+                end = NG + (index + 1) * _NS_V3
+                slots[end:end] = array("d", (0.0,))
         blocks, rest = divmod(len(slots) - NG, NS)
         if rest or not CORE_SEGMENTS <= blocks <= len(SEGMENT_ORDER):
             raise ValueError("exposure state has the wrong size")
@@ -475,6 +489,7 @@ class ExposureEngine:
             for k, seconds in enumerate(seg.seconds_above(chunk, dt)):
                 s[b + W_CUT0 + k] += seconds
             dose = s[b + DOSE]
+            accrued = 0.0
             active = s[b + ACTIVE]
             s[b + W_SAMPLES] += count
             traj: list[float] = []
@@ -541,7 +556,9 @@ class ExposureEngine:
                 if all_ok[j] or rest:
                     dose *= decay
                 else:
-                    dose += rates[zone] * (over_mult if over else 1.0) * dt
+                    step = rates[zone] * (over_mult if over else 1.0) * dt
+                    dose += step
+                    accrued += step
                 traj.append(dose)
             s[b + DOSE] = dose
             s[b + ACTIVE] = active
@@ -554,6 +571,7 @@ class ExposureEngine:
             s[b + FREQUENT] = frequent
             s[b + LAST_OUT] = last_out
             s[b + W_LONGEST] = longest
+            s[b + W_ACCRUED] += accrued
             s[b + W_ACC] += zone_samples[0] * dt
             s[b + W_COND] += zone_samples[1] * dt
             s[b + W_NA] += zone_samples[2] * dt
@@ -676,7 +694,9 @@ class ExposureEngine:
         cut_s: dict[str, dict[str, float]] = {}
         longest: dict[str, float] = {}
         dose: dict[str, float] = {}
+        accrued: dict[str, float] = {}
         upper_back = 0.0
+        accrued_upper_back = 0.0
         for seg in self._by_index[: state.segments]:
             block = state.segment(seg.index)
             upper_back += block.dose
@@ -690,8 +710,11 @@ class ExposureEngine:
             }
             cut_s[seg.name] = {name: block.window_cutpoint_s(k) for k, name in enumerate(seg.cut_names)}
             longest[seg.name] = block.window_longest_hold_s
+            accrued[seg.name] = _r(block.window_accrued)
+            accrued_upper_back += block.window_accrued
             dose[seg.name] = block.dose
         dose["upper_back"] = upper_back
+        accrued["upper_back"] = _r(accrued_upper_back)
         return WindowAggregate(
             window_start_s=int(s[G_WIN]),
             window_s=self.window_s,
@@ -702,6 +725,7 @@ class ExposureEngine:
             cutpoints_s=cut_s,
             longest_hold_s=longest,
             dose=dose,
+            accrued=accrued,
             violations=int(s[G_VIOL]),
             thresholds_version=self.version,
         )

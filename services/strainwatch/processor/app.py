@@ -41,6 +41,7 @@ log = structlog.get_logger("strainwatch.processor")
 
 STATE_TABLE = "worker-state"
 ROSTER_TABLE = "roster"
+ROSTER_SEPARATOR = "\x1f"
 RECORD_CODEC = "strainwatch-record"
 # Once faust has delivered nothing for this long, each partition's position is checked against the
 # log end: faust may have skipped a partition's last events, and with no event after them the agent
@@ -151,12 +152,14 @@ class Processor:
             ),
             load=self._load,
             team_of=self._team_of,
+            task_of=self._task_of,
         )
         self.sink = InfluxSink(
             settings.influx_url,
             settings.influx_token.get_secret_value(),
             settings.influx_org,
             settings.influx_bucket,
+            windows_bucket=settings.influx_windows_bucket or None,
         )
         self.positions = PartitionPositions()
         self.ranges = RangeReader(settings.kafka_bootstrap, POSTURE_EVENTS.name)
@@ -196,9 +199,21 @@ class Processor:
             if isinstance(value, WorkerRecord) and value.buffer and value.partition in assigned
         )
 
+    # roster table values: b"team" or b"team\x1ftask" (the unit separator cannot occur in either)
+    def _assignment(self, worker: str) -> tuple[str, str | None] | None:
+        value = self.roster.get(worker.encode())
+        if not isinstance(value, bytes):
+            return None
+        team, _, task = value.decode().partition(ROSTER_SEPARATOR)
+        return team, task or None
+
     def _team_of(self, worker: str) -> str | None:
-        team = self.roster.get(worker.encode())
-        return team.decode() if isinstance(team, bytes) else None
+        assignment = self._assignment(worker)
+        return assignment[0] if assignment else None
+
+    def _task_of(self, worker: str) -> str | None:
+        assignment = self._assignment(worker)
+        return assignment[1] if assignment else None
 
     async def _write_records(self, payloads: list[tuple[str, WorkerRecord, bytes]]) -> list[Any]:
         # Straight to the changelog topic, on the record's source partition, with a delivery
@@ -354,8 +369,9 @@ class Processor:
                         "roster", "invalid roster entry skipped", error=str(error)[:200]
                     )
                     continue
-                self.roster[entry.worker_id.encode()] = entry.team.encode()
-                self.runtime.set_team(entry.worker_id, entry.team)
+                value = entry.team + (ROSTER_SEPARATOR + entry.task if entry.task else "")
+                self.roster[entry.worker_id.encode()] = value.encode()
+                self.runtime.set_team(entry.worker_id, entry.team, entry.task)
 
         @app.timer(interval=min(1.0, interval))
         async def tick() -> None:

@@ -52,6 +52,14 @@ class WorkerRecord:
     # roster update mid-window would leave two points (two series) for one window
     window_team: str | None = None
     window_start: float = float("-inf")
+    # the roster's task or station, and the one the open window's point was first written with
+    task: str | None = None
+    window_task: str | None = None
+    # the hourly rollup in progress (processor/rollup.py): its hour, tags and running sums
+    hour_start: int = -1
+    hour_team: str | None = None
+    hour_task: str | None = None
+    hour_sums: array | None = None
     recent_ids: array = field(default_factory=lambda: array("Q"))
     # an empty list is 56 bytes a worker; almost every worker's buffer is empty almost always
     buffer: list[Buffered] = field(default=NO_BUFFER)  # type: ignore[assignment]
@@ -78,6 +86,17 @@ class WorkerRecord:
             meta["wteam"] = self.window_team
         if self.window_start != float("-inf"):
             meta["wstart"] = self.window_start
+        if self.task:
+            meta["task"] = self.task
+        if self.window_task:
+            meta["wtask"] = self.window_task
+        if self.hour_sums is not None:
+            meta["hr"] = [
+                self.hour_start,
+                self.hour_team,
+                self.hour_task,
+                base64.b64encode(self.hour_sums.tobytes()).decode(),
+            ]
         if self.buffer:
             meta["buf"] = [
                 [b.start_s, b.end_s, b.offset, b.event_key, base64.b64encode(b.raw).decode()]
@@ -104,7 +123,13 @@ class WorkerRecord:
             window_team=meta.get("wteam"),
             window_start=float(meta.get("wstart", float("-inf"))),
             recent_ids=array("Q", meta.get("ids", [])),
+            task=meta.get("task"),
+            window_task=meta.get("wtask"),
         )
+        if meta.get("hr"):
+            hour_start, hour_team, hour_task, sums = meta["hr"]
+            record.hour_start, record.hour_team, record.hour_task = int(hour_start), hour_team, hour_task
+            record.hour_sums = array("d", base64.b64decode(sums))
         if meta.get("buf"):
             record.buffer = []
         for start_s, end_s, offset, key, raw in meta.get("buf", []):

@@ -23,7 +23,8 @@ from strainwatch.events import DeadReason, PostureFrame, Rejected, parse_frame
 from strainwatch.exposure import Alert, ExposureEngine, WindowAggregate
 from strainwatch.logs import RateLimitedLog
 from strainwatch.processor.record import NO_BUFFER, Buffered, WorkerRecord
-from strainwatch.storage.measurements import break_alert_line, exposure_line
+from strainwatch.processor.rollup import HOUR_S, RollupLayout, hour_of
+from strainwatch.storage.measurements import break_alert_line, exposure_hourly_line, exposure_line
 
 log = structlog.get_logger("strainwatch.processor")
 
@@ -91,11 +92,17 @@ class Runtime:
         monotonic: Callable[[], float] = time.monotonic,
         team_of: Callable[[str], str | None] = lambda worker: None,
         log_dead_letters: bool = True,
+        task_of: Callable[[str], str | None] = lambda worker: None,
     ) -> None:
         self.engine = engine
         self.config = config
         self._load = load
         self._team_of = team_of
+        self._task_of = task_of
+        if HOUR_S % engine.window_s:
+            raise ValueError(f"window_s {engine.window_s} must divide an hour (hourly rollups)")
+        self.rollup = RollupLayout(engine.thresholds)
+        self._hourly_dirty: set[str] = set()  # workers whose hourly point changed since the snapshot
         self._clock = clock
         self._monotonic = monotonic  # how long a reorder buffer has waited: immune to wall-clock steps
         self.records: dict[str, WorkerRecord] = {}
@@ -203,14 +210,19 @@ class Runtime:
                 team = self._team_of(worker)
                 if team and team != record.team:
                     record.team = sys.intern(team)
+                task = self._task_of(worker)
+                if task and task != record.task:
+                    record.task = sys.intern(task)
             else:
                 team = self._team_of(worker)
+                task = self._task_of(worker)
                 record = WorkerRecord(
                     state=self.engine.new_state(),
                     site_id=sys.intern(frame.site_id),
                     device_id=frame.device_id,
                     partition=partition,
                     team=sys.intern(team) if team else None,
+                    task=sys.intern(task) if task else None,
                 )
             self._adopt(worker, record)
         return record
@@ -271,18 +283,49 @@ class Runtime:
         if opened != record.window_start:
             record.window_start = opened
             record.window_team = record.team
+            record.window_task = record.task
         for alert in outcome.alerts:
             self._emit_alert(worker, record, alert)
 
     def _emit_window(self, worker: str, record: WorkerRecord, window: WindowAggregate) -> None:
         self.counters.windows_closed += 1
         # a window opened before a roster update keeps the team its point was first written with
-        team = record.window_team if window.window_start_s == record.window_start else record.team
-        self.lines.append(exposure_line(record.site_id, team, worker, window))
-        self.out.windows.append((worker.encode(), self._window_message(worker, record.site_id, team, window)))
+        if window.window_start_s == record.window_start:
+            team, task = record.window_team, record.window_task
+        else:
+            team, task = record.team, record.task
+        self.lines.append(exposure_line(record.site_id, team, worker, window, task))
+        self.out.windows.append(
+            (worker.encode(), self._window_message(worker, record.site_id, team, window, task))
+        )
+        self._roll_up(worker, record, window, team, task)
+
+    def _roll_up(
+        self, worker: str, record: WorkerRecord, window: WindowAggregate, team: str | None, task: str | None
+    ) -> None:
+        """Add a closed window to the worker's hour; a new hour (or team or task) starts new sums,
+        after writing the finished ones if their last state is not written yet."""
+        hour = hour_of(window.window_start_s)
+        sums = record.hour_sums
+        if sums is None or hour != record.hour_start or team != record.hour_team or task != record.hour_task:
+            if sums is not None and worker in self._hourly_dirty:
+                self.lines.append(self._hourly_line(worker, record))
+            record.hour_start, record.hour_team, record.hour_task = hour, team, task
+            record.hour_sums = sums = self.rollup.empty()
+        self.rollup.add(sums, window)
+        self._hourly_dirty.add(worker)
+
+    def _hourly_line(self, worker: str, record: WorkerRecord) -> str:
+        assert record.hour_sums is not None
+        fields = self.rollup.fields(record.hour_sums, self.thresholds_version)
+        return exposure_hourly_line(
+            record.site_id, record.hour_team, record.hour_task, worker, record.hour_start, fields
+        )
 
     @staticmethod
-    def _window_message(worker: str, site_id: str, team: str | None, window: WindowAggregate) -> bytes:
+    def _window_message(
+        worker: str, site_id: str, team: str | None, window: WindowAggregate, task: str | None = None
+    ) -> bytes:
         """An exposure.windows.v1 value (events.ExposureWindow)."""
         message = {
             "schema_version": 1,
@@ -299,6 +342,8 @@ class Runtime:
             "cutpoints_s": window.cutpoints_s,
             "longest_hold_s": window.longest_hold_s,
             "dose": window.dose,
+            "accrued": window.accrued,
+            "task": task,
         }
         return orjson.dumps(message)
 
@@ -380,21 +425,29 @@ class Runtime:
         for worker, record in dirty.items():
             window = self.engine.open_window(record.state)
             if window is not None:
-                self.lines.append(exposure_line(record.site_id, record.window_team, worker, window))
+                self.lines.append(
+                    exposure_line(record.site_id, record.window_team, worker, window, record.window_task)
+                )
+        for worker in self._hourly_dirty:
+            record = self.records.get(worker)
+            if record is not None and record.hour_sums is not None:
+                self.lines.append(self._hourly_line(worker, record))
+        self._hourly_dirty = set()
         self.dirty = set()
         lines, self.lines = self.lines, []
         return dirty, lines
 
-    def set_team(self, worker: str, team: str) -> None:
-        """A roster update: points and windows from now on carry the new team."""
+    def set_team(self, worker: str, team: str, task: str | None = None) -> None:
+        """A roster update: points and windows from now on carry the new team and task."""
         known = self.records.get(worker)
         record = known or self._load(worker)
         if record is None:
             return
-        if known is None and (record.buffer or record.team != team):
+        if known is None and (record.buffer or record.team != team or record.task != task):
             self._adopt(worker, record)
-        if record.team != team:
+        if record.team != team or record.task != task:
             record.team = sys.intern(team)
+            record.task = sys.intern(task) if task else None
             self.dirty.add(worker)
 
     def end_of_input(self) -> None:
@@ -412,7 +465,7 @@ class Runtime:
         window = self.engine.open_window(record.state) if record is not None else None
         if record is None or window is None:
             return None
-        return self._window_message(worker, record.site_id, record.window_team, window)
+        return self._window_message(worker, record.site_id, record.window_team, window, record.window_task)
 
     def record_count(self) -> int:
         return len(self.records)
@@ -423,3 +476,4 @@ class Runtime:
             del self.records[worker]
             self.dirty.discard(worker)
             self._buffered.discard(worker)
+            self._hourly_dirty.discard(worker)

@@ -23,6 +23,9 @@ from influxdb_client import WritePrecision
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 
 from strainwatch.logs import RateLimitedLog
+from strainwatch.storage.measurements import EXPOSURE, WINDOWS_RP
+
+_WINDOW_PREFIX = EXPOSURE + ","  # exactly the `exposure` measurement, not `exposure_hourly`
 
 log = structlog.get_logger("strainwatch.sink")
 
@@ -42,9 +45,12 @@ class InfluxSink:
         batch_lines: int = 5_000,
         max_backoff_s: float = 5.0,
         timeout_ms: int = 30_000,
+        windows_bucket: str | None = None,
     ) -> None:
         self.url = url
         self.bucket = bucket
+        # the 10-second windows go to their own short-retention bucket (1.x: "<db>/windows")
+        self.windows_bucket = windows_bucket or f"{bucket}/{WINDOWS_RP}"
         self.org = org
         self._token = token
         self._timeout_ms = timeout_ms
@@ -56,6 +62,8 @@ class InfluxSink:
         self._errors = RateLimitedLog(log, interval_s=10.0)
         self.points_written = 0
         self.write_failures = 0
+        self.beyond_retention_batches = 0  # batches with points older than their bucket keeps
+        self._retention_log = RateLimitedLog(log, interval_s=60.0)
 
     def add(self, lines: Iterable[str]) -> None:
         self._buffer.extend(lines)
@@ -76,19 +84,26 @@ class InfluxSink:
     async def flush(self, *, give_up_when_stopping: bool = False) -> int:
         """Write everything buffered; returns the number of points written."""
         lines, self._buffer = self._buffer, []
-        written = 0
-        try:
-            for start in range(0, len(lines), self.batch_lines):
-                await self._write_with_retry(lines[start : start + self.batch_lines], give_up_when_stopping)
-                written += min(self.batch_lines, len(lines) - start)
-        except BaseException:
-            # whatever was not written goes back in front of anything added meanwhile
-            self._buffer = lines[written:] + self._buffer
-            raise
-        self.points_written += written
-        return written
+        windows = [line for line in lines if line.startswith(_WINDOW_PREFIX)]
+        others = [line for line in lines if not line.startswith(_WINDOW_PREFIX)] if windows else lines
+        total = 0
+        for bucket, group, later in ((self.windows_bucket, windows, others), (self.bucket, others, [])):
+            written = 0
+            try:
+                for start in range(0, len(group), self.batch_lines):
+                    batch = group[start : start + self.batch_lines]
+                    await self._write_with_retry(bucket, batch, give_up_when_stopping)
+                    written += len(batch)
+            except BaseException:
+                # whatever was not written goes back in front of anything added meanwhile
+                self._buffer = group[written:] + later + self._buffer
+                self.points_written += total + written
+                raise
+            total += written
+        self.points_written += total
+        return total
 
-    async def _write_with_retry(self, batch: list[str], give_up_when_stopping: bool) -> None:
+    async def _write_with_retry(self, bucket: str, batch: list[str], give_up_when_stopping: bool) -> None:
         backoff = 0.1
         started = time.monotonic()
         while True:
@@ -96,7 +111,7 @@ class InfluxSink:
                 await (
                     self._api()
                     .write_api()
-                    .write(bucket=self.bucket, org=self.org, record=batch, write_precision=WritePrecision.S)
+                    .write(bucket=bucket, org=self.org, record=batch, write_precision=WritePrecision.S)
                 )
                 if time.monotonic() - started > 1.0:
                     log.info("influx writes recovered", after_s=round(time.monotonic() - started, 1))
@@ -104,6 +119,17 @@ class InfluxSink:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                if _beyond_retention(error):
+                    # InfluxDB stored the rest of the batch and drops points older than the bucket
+                    # keeps (a backfill of old frames): retrying cannot store them, ever
+                    self.beyond_retention_batches += 1
+                    self._retention_log.warning(
+                        "retention",
+                        "points older than the bucket's retention were dropped by InfluxDB",
+                        bucket=bucket,
+                        error=str(getattr(error, "body", error))[:200],
+                    )
+                    return
                 self.write_failures += 1
                 self._errors.warning(
                     "influx-write", "influx write failed, retrying", error=str(error)[:300], backoff_s=backoff
@@ -123,3 +149,10 @@ class InfluxSink:
 
     async def close(self) -> None:
         await self._reset_client()
+
+
+def _beyond_retention(error: Exception) -> bool:
+    """A partial write whose only rejected points lie beyond the retention policy (1.x: 400
+    "partial write: points beyond retention policy dropped=N"; 2.x: 422 with the same words)."""
+    body = str(getattr(error, "body", "") or error)
+    return "beyond retention policy" in body and getattr(error, "status", None) in (400, 422)

@@ -7,13 +7,14 @@ import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
 from strainwatch.stack import components, mosquitto
 from strainwatch.stack.procs import Proc, StackError, alive, require_free, stop
 from strainwatch.stack.topics import ensure_topics
+from strainwatch.storage.measurements import WINDOWS_RP
 
 log = structlog.get_logger("strainwatch.stack")
 
@@ -31,6 +32,8 @@ class StackConfig:
     influx_bucket: str = "strainwatch"
     posture_partitions: int = 4
     raw_retention_days: float = 7.0
+    windows_retention_days: int = 35
+    retention_days: int = 1825
     mqtt_port: int = 11883
     mqtt_gateway_password: str = "strainwatch-local-mqtt"
 
@@ -55,6 +58,8 @@ class StackConfig:
             influxd_port=s.influxd_port,
             influx_port=s.influx_port,
             influx_bucket=s.influx_bucket,
+            windows_retention_days=s.windows_retention_days,
+            retention_days=s.retention_days,
             posture_partitions=s.posture_partitions,
             raw_retention_days=s.raw_retention_days,
             mqtt_port=s.mqtt_port,
@@ -131,7 +136,7 @@ class Stack:
         topics = ensure_topics(
             cfg.bootstrap, cfg.posture_partitions, int(cfg.raw_retention_days * 86_400_000)
         )
-        create_database(cfg.influx_url, cfg.influx_bucket)
+        create_database(cfg.influx_url, cfg.influx_bucket, cfg.windows_retention_days, cfg.retention_days)
         log.info("stack up", broker=cfg.broker, bootstrap=cfg.bootstrap, influx_url=cfg.influx_url)
         return {
             "broker": cfg.broker,
@@ -174,14 +179,38 @@ class Stack:
         return bool(procs) and all(alive(p) for p in procs.values())
 
 
-def create_database(influx_url: str, database: str) -> None:
-    """The local InfluxDB 1.x needs the database (a 2.x bucket is provisioned by its operator)."""
-    data = urllib.parse.urlencode({"q": f'CREATE DATABASE "{database}"'}).encode()
+def create_database(
+    influx_url: str, database: str, windows_retention_days: int = 35, retention_days: int = 1825
+) -> None:
+    """The local InfluxDB 1.x database and its two retention policies (a 2.x site provisions
+    buckets and DBRP mappings instead: docs/deploy.md):
+
+    - `autogen` (the default): everything but the 10-second windows, kept `retention_days`
+      (0 = forever): hourly rollups, alerts, prompts, outcomes, incidents, pipeline health;
+    - `windows`: the 10-second `exposure` windows, kept `windows_retention_days`.
+    """
+    _influxql(influx_url, f'CREATE DATABASE "{database}"', f"creating database {database}")
+    existing = _influxql(influx_url, f'SHOW RETENTION POLICIES ON "{database}"', "reading retention")
+    names = {row[0] for series in existing for row in series.get("values") or []}
+    for name, days in (("autogen", retention_days), (WINDOWS_RP, windows_retention_days)):
+        duration = f"{int(days)}d" if days else "INF"
+        verb = "ALTER" if name in names else "CREATE"
+        _influxql(
+            influx_url,
+            f'{verb} RETENTION POLICY "{name}" ON "{database}" DURATION {duration} REPLICATION 1',
+            f"setting retention {name} of {database}",
+        )
+
+
+def _influxql(influx_url: str, statement: str, what: str) -> list[dict[str, Any]]:
+    data = urllib.parse.urlencode({"q": statement}).encode()
     try:
         with urllib.request.urlopen(f"{influx_url}/query", data=data, timeout=10) as resp:
             body = json.loads(resp.read())
     except OSError as error:
-        raise StackError(f"cannot create database {database} at {influx_url}: {error}") from error
-    errors = [r.get("error") for r in body.get("results", []) if r.get("error")]
+        raise StackError(f"{what} at {influx_url}: {error}") from error
+    results = body.get("results", [])
+    errors = [r.get("error") for r in results if r.get("error")]
     if errors:
-        raise StackError(f"creating database {database}: {errors[0]}")
+        raise StackError(f"{what}: {errors[0]}")
+    return list(results[0].get("series") or []) if results else []

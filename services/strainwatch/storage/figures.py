@@ -248,8 +248,9 @@ def dose_per_hour(
     source: str = HOURLY,
     min_workers: int = MIN_WORKERS,
 ) -> str:
-    """Columns `dose_per_hour` (upper-back dose per monitored hour) and `hours`."""
-    parts = {"wear": 'SUM("wear_s")', "dose": 'SUM("dose_upper_back")'}
+    """Columns `dose_per_hour` (upper-back dose accrued per monitored hour, before recovery: what
+    an hour of the work causes) and `hours`."""
+    parts = {"wear": 'SUM("wear_s")', "dose": 'SUM("accrued_upper_back")'}
     ratios = {"dose_per_hour": '"dose" / ("wear" / 3600)', "hours": '"wear" / 3600'}
     return grouped(parts, ratios, scope, source, by, interval, min_workers, where='"wear_s" > 0')
 

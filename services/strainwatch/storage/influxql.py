@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from strainwatch.storage.measurements import BREAK_ACK, BREAK_ALERT, BREAK_PROMPT, EXPOSURE
+from strainwatch.storage.measurements import BREAK_ACK, BREAK_ALERT, BREAK_PROMPT, EXPOSURE, source
 
 
 class InfluxQLError(RuntimeError):
@@ -63,16 +63,16 @@ def _where(where: str) -> str:
 
 
 def exposure_points_count() -> str:
-    return f'SELECT COUNT("wear_s") FROM "{EXPOSURE}"'
+    return f'SELECT COUNT("wear_s") FROM {source(EXPOSURE)}'
 
 
 def exposure_field_sum(field: str, where: str = "") -> str:
-    return f'SELECT SUM("{field}") FROM "{EXPOSURE}"' + _where(where)
+    return f'SELECT SUM("{field}") FROM {source(EXPOSURE)}' + _where(where)
 
 
 def exposure_sums_by_worker(fields: list[str]) -> str:
     cols = ", ".join(f'SUM("{f}") AS "{f}"' for f in fields)
-    return f'SELECT {cols} FROM "{EXPOSURE}" GROUP BY "worker"'
+    return f'SELECT {cols} FROM {source(EXPOSURE)} GROUP BY "worker"'
 
 
 def break_alert_counts(by: str = "kind", where: str = "") -> str:

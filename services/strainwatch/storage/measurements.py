@@ -53,6 +53,12 @@ DEAD_LETTER = "dead_letter"
 # (db, rp) with a DBRP mapping. Queries name it: `"windows"."exposure"`.
 WINDOWS_RP = "windows"
 
+
+def source(measurement: str) -> str:
+    """The InfluxQL FROM for a measurement: the 10-second windows are in their own retention policy."""
+    return f'"{WINDOWS_RP}"."{measurement}"' if measurement == EXPOSURE else f'"{measurement}"'
+
+
 EXPOSURE_TAGS = ("site", "team", "task", "worker")
 EXPOSURE_HOURLY_TAGS = ("site", "team", "task", "worker")
 BREAK_ALERT_TAGS = ("site", "team", "worker", "kind", "segment")
@@ -102,6 +108,7 @@ class WindowLike(Protocol):
     dose: dict[str, float]
     violations: int
     thresholds_version: str
+    accrued: dict[str, float]
 
 
 def exposure_fields(window: WindowLike) -> dict[str, float | int | str | bool]:
@@ -124,6 +131,8 @@ def exposure_fields(window: WindowLike) -> dict[str, float | int | str | bool]:
         fields[f"hold_{segment}_s"] = float(seconds)
     for segment, dose in window.dose.items():
         fields[f"dose_{segment}"] = float(dose)
+    for segment, dose in window.accrued.items():
+        fields[f"accrued_{segment}"] = float(dose)
     return fields
 
 

@@ -4,6 +4,8 @@ said otherwise)."""
 
 from __future__ import annotations
 
+from array import array
+
 import pytest
 from pytest import approx
 
@@ -352,25 +354,65 @@ def test_state_bytes_are_checked() -> None:
     assert load_thresholds("default")  # the profile the engine above used
 
 
+def _without_accrued(slots: array[float]) -> array[float]:
+    """The segment blocks as versions 2 and 3 laid them out: no accrued-dose slot at the end."""
+    from strainwatch.exposure.engine import NG, NS
+
+    out = array("d", slots[:NG])
+    for start in range(NG, len(slots), NS):
+        out.extend(slots[start : start + NS - 1])
+    return out
+
+
 def test_a_version_2_state_loads_and_scores_on() -> None:
     """Records on a changelog written before the sample clock (state version 2: two global slots
     fewer) load, and the next frame continues the worker's exposure as if nothing changed."""
-    from array import array
-
-    from strainwatch.exposure.engine import G_CLOCK_N, G_CLOCK_T0, NG
+    from strainwatch.exposure.engine import G_CLOCK_N, G_CLOCK_T0, NG, NS, W_ACCRUED
 
     eng = engine()
     state = eng.new_state()
     eng.process(state, 100, 1, steady(30, trunk_flexion=40))
     slots = state.slots
-    version_2 = bytes([2]) + (slots[:G_CLOCK_T0] + slots[NG:]).tobytes()  # the v2 layout
+    old = _without_accrued(slots)
+    version_2 = bytes([2]) + (old[:G_CLOCK_T0] + old[NG:]).tobytes()  # the v2 layout
     restored = WorkerState.from_bytes(version_2)
     assert len(restored.slots) == len(slots)
     assert restored.end_s == state.end_s == 130
     assert restored.dose("trunk_flexion") == state.dose("trunk_flexion") > 0
     assert restored.slots[G_CLOCK_T0] == 130 and restored.slots[G_CLOCK_N] == 0  # a new anchor
-    assert array("d", restored.slots[NG:]) == array("d", slots[NG:])
+    accrued = {NG + i * NS + W_ACCRUED for i in range(state.segments)}
+    assert all(restored.slots[i] == 0.0 for i in accrued)  # the window's accrual was not kept
+    assert [v for i, v in enumerate(restored.slots) if i >= NG and i not in accrued] == [
+        v for i, v in enumerate(slots) if i >= NG and i not in accrued
+    ]
     after_v2 = eng.process(restored, 130, 1, steady(30, trunk_flexion=40))
     after_v3 = eng.process(state, 130, 1, steady(30, trunk_flexion=40))
     assert restored.dose("trunk_flexion") == approx(state.dose("trunk_flexion"))
     assert [a.ts_s for a in after_v2.alerts] == [a.ts_s for a in after_v3.alerts]
+
+
+def test_a_version_3_state_loads_with_the_accrued_slot_added() -> None:
+    from strainwatch.exposure.engine import NG, NS, W_ACCRUED
+
+    eng = engine()
+    state = eng.new_state()
+    eng.process(state, 100, 1, steady(30, trunk_flexion=40))
+    restored = WorkerState.from_bytes(bytes([3]) + _without_accrued(state.slots).tobytes())
+    assert len(restored.slots) == len(state.slots)
+    for i in range(state.segments):
+        base = NG + i * NS
+        assert list(restored.slots[base : base + W_ACCRUED]) == list(state.slots[base : base + W_ACCRUED])
+        assert restored.slots[base + W_ACCRUED] == 0.0
+
+
+def test_accrued_dose_is_what_the_window_added_before_recovery() -> None:
+    """40 deg trunk flexion is conditional (rate 1/s): 10 s accrue 10, whatever the recovery later."""
+    eng = engine()
+    state = eng.new_state()
+    out = eng.process(state, 100, 1, steady(20, trunk_flexion=40))
+    (first,) = [w for w in out.closed if w.window_start_s == 100]
+    assert first.accrued["trunk_flexion"] == approx(10.0)
+    assert first.accrued["upper_back"] == approx(10.0)
+    out = eng.process(state, 120, 1, steady(20, trunk_flexion=0))
+    neutral = [w for w in out.closed if w.window_start_s == 120]
+    assert neutral and neutral[0].accrued["upper_back"] == 0.0 and neutral[0].dose["upper_back"] > 0
