@@ -141,7 +141,20 @@ def test_known_frames_counted_exactly_once(
 
     wait_for(frames_stored, timeout_s=90, what="all valid frames in InfluxDB")
     letters = read_dead_letters(broker.bootstrap, sum(reasons.values()))
+
+    # the processor's health points count the same frames (written every 10 s)
+    def health_counted() -> bool:
+        return ql.scalar('SELECT SUM("frames_in") FROM "pipeline"') >= len(messages)
+
+    wait_for(health_counted, timeout_s=60, what="pipeline health points")
     assert proc.terminate(timeout_s=30) == 0, proc.log()
+    assert ql.scalar('SELECT SUM("frames_in") FROM "pipeline"') == len(messages)
+    assert ql.scalar('SELECT SUM("frames_processed") FROM "pipeline"') == valid_frames
+    by_reason = {
+        s["tags"]["reason"]: s["values"][0][1]
+        for s in ql.query('SELECT SUM("count") FROM "dead_letter" GROUP BY "reason"')
+    }
+    assert by_reason == {str(reason): count for reason, count in reasons.items()}
 
     assert ql.scalar('SELECT SUM("frames") FROM "windows"."exposure"') == valid_frames
     for segment, count in samples.items():

@@ -16,6 +16,7 @@ costliest thing faust does per event (about 150 µs measured, docs/processor.md)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from strainwatch.processor.positions import PartitionPositions
 from strainwatch.processor.record import WorkerRecord
 from strainwatch.processor.runtime import Runtime, RuntimeConfig
 from strainwatch.processor.sink import InfluxSink, SinkStopped
+from strainwatch.storage.health import HealthPoints
 from strainwatch.topics import ALERTS_BREAK, EXPOSURE_WINDOWS, POSTURE_DEADLETTER, POSTURE_EVENTS, ROSTER
 
 log = structlog.get_logger("strainwatch.processor")
@@ -42,6 +44,7 @@ log = structlog.get_logger("strainwatch.processor")
 STATE_TABLE = "worker-state"
 ROSTER_TABLE = "roster"
 ROSTER_SEPARATOR = "\x1f"
+HEALTH_S = 10.0  # a `pipeline` point this often
 RECORD_CODEC = "strainwatch-record"
 # Once faust has delivered nothing for this long, each partition's position is checked against the
 # log end: faust may have skipped a partition's last events, and with no event after them the agent
@@ -161,6 +164,17 @@ class Processor:
             settings.influx_bucket,
             windows_bucket=settings.influx_windows_bucket or None,
         )
+        # service health as points (storage/health.py): best effort, on a sink of its own so that a
+        # slow health write never holds up a checkpoint
+        self.health = HealthPoints("processor")
+        self._health_sink = InfluxSink(
+            settings.influx_url,
+            settings.influx_token.get_secret_value(),
+            settings.influx_org,
+            settings.influx_bucket,
+            max_backoff_s=1.0,
+        )
+        self._last_checkpoint_done = time.monotonic()
         self.positions = PartitionPositions()
         self.ranges = RangeReader(settings.kafka_bootstrap, POSTURE_EVENTS.name)
         self.checkpointer = Checkpointer(
@@ -241,7 +255,50 @@ class Processor:
     async def checkpoint(self, reason: str, *, final: bool = False) -> bool:
         self._frames_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
-        return await self.checkpointer.run(reason, final=final)
+        done = await self.checkpointer.run(reason, final=final)
+        if done:
+            self._last_checkpoint_done = time.monotonic()
+        return done
+
+    async def report_health(self) -> None:
+        """One `pipeline` point (and `dead_letter` points by reason) for this instance."""
+        runtime = self.runtime
+        lag = 0
+        owned = self.positions.owned()
+        if owned:
+            try:
+                ends = await asyncio.wait_for(
+                    self.app.consumer.highwaters(*(TP(POSTURE_EVENTS.name, p) for p in owned)), timeout=5.0
+                )
+                lag = sum(
+                    max(0, int(end) - self.positions.position(tp.partition))
+                    for tp, end in ends.items()
+                    if end is not None and self.positions.owns(tp.partition)
+                )
+            except Exception as error:  # health is best effort: the next report tries again
+                self._hole_log.warning("health", "log end offsets unavailable", error=repr(error))
+        pending = bool(runtime.dirty or self.positions.uncommitted() or runtime.out)
+        age = time.monotonic() - self._last_checkpoint_done if pending else 0.0
+        counters = runtime.counters
+        lines = self.health.lines(
+            time.time(),
+            {
+                "frames_in": counters.frames_in,
+                "frames_processed": counters.frames_applied,
+                "dead_lettered": sum(counters.dead_lettered.values()),
+                "sink_write_errors": self.sink.write_failures,
+            },
+            counters.dead_lettered,
+            {"lag_frames": lag, "checkpoint_age_s": round(age, 3)},
+        )
+        sink = self._health_sink
+        sink.add(lines)
+        try:
+            await asyncio.wait_for(sink.flush(), timeout=5.0)
+        except Exception as error:
+            self._hole_log.warning("health-write", "health points not written", error=repr(error))
+            if len(sink) > 1_000:  # InfluxDB is away for long: drop old reports, keep memory bounded
+                sink.discard()
 
     # --- positions --------------------------------------------------------------------------------
 
@@ -390,6 +447,11 @@ class Processor:
             if not self._stopping:
                 await self._sweep_when_quiet()
 
+        @app.timer(interval=HEALTH_S)
+        async def health() -> None:
+            if not self._stopping:
+                await self.report_health()
+
         @app.on_partitions_assigned.connect
         async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
             mine = {tp.partition for tp in assigned if tp.topic == POSTURE_EVENTS.name}
@@ -436,5 +498,8 @@ class Processor:
         except (TimeoutError, SinkStopped, asyncio.CancelledError) as error:
             log.warning("final checkpoint incomplete; unacked frames replay on restart", error=repr(error))
         finally:
+            with contextlib.suppress(Exception):  # the last counters, best effort
+                await asyncio.wait_for(self.report_health(), timeout=5.0)
             await self.sink.close()
+            await self._health_sink.close()
             await self.ranges.close()

@@ -71,6 +71,10 @@ class InfluxSink:
     def __len__(self) -> int:
         return len(self._buffer)
 
+    def discard(self) -> None:
+        """Drop what is buffered (best-effort points only: never points a checkpoint waits for)."""
+        self._buffer = []
+
     def request_stop(self) -> None:
         self._stopping = True
 
