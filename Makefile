@@ -22,10 +22,15 @@ setup: $(STAMP) system-deps
 
 # InfluxDB and Mosquitto for the local stack: Debian's `influxdb` (1.6.7, which predates /api/v2/write,
 # so the stack puts its route adapter in front) and `mosquitto` (2.0.11) packages; the stack also
-# installs them when run as root.
+# installs them when run as root. The monthly report's PDF needs Pango (WeasyPrint) and a font; its
+# tests render pages with poppler's pdftoppm.
 system-deps:
 	@missing=""; command -v influxd >/dev/null || missing="influxdb"; \
 	  { command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; } || missing="$$missing mosquitto"; \
+	  command -v pdftoppm >/dev/null || missing="$$missing poppler-utils"; \
+	  ldconfig -p | grep -q 'libpango-1.0.so' || missing="$$missing libpango-1.0-0"; \
+	  ldconfig -p | grep -q 'libpangoft2-1.0.so' || missing="$$missing libpangoft2-1.0-0"; \
+	  fc-list 2>/dev/null | grep -qi dejavu || missing="$$missing fonts-dejavu-core"; \
 	  if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	    else echo "missing:$$missing: run 'sudo apt-get install$$missing' (or set STRAINWATCH_INFLUX_URL / STRAINWATCH_MQTT_HOST)" >&2; exit 1; fi; \

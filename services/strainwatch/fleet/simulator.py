@@ -163,7 +163,9 @@ class FleetSimulator:
                 _Worker(
                     worker_id=_worker_id(cfg.site_id, i),
                     device_id=f"dev-{i:04d}",
-                    team=f"team-{chr(ord('a') + i % max(cfg.teams, 1))}",
+                    # pairs of workers per team, tasks in turn: every team mixes tasks and every
+                    # task spans teams, so reports can tell the work from the team
+                    team=f"team-{chr(ord('a') + (i // 2) % max(cfg.teams, 1))}",
                     task=tasks[i % len(tasks)],
                     shift=shifts[(i // len(tasks)) % len(shifts)],
                     back_only=bool(shape.random() < 0.1),
