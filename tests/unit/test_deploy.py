@@ -499,6 +499,33 @@ def test_the_init_script_makes_the_layout_the_code_writes_and_reads() -> None:
     assert reads.group(1).split() == ["--read-bucket", '"$main_id"', "--read-bucket", '"$windows_id"']
 
 
+def test_the_processor_writes_to_the_buckets_the_init_script_creates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the compose environment, the processor's sink writes the windows to "<bucket>/windows"
+    and everything else to "<bucket>": the two buckets the script creates (and the write token covers)."""
+    from strainwatch.processor.sink import InfluxSink
+
+    anchor = load_compose()["x-strainwatch-env"]
+    env = env_example() | {"INFLUX_BUCKET": "site-a"}
+    for name in list(Settings.model_fields):
+        monkeypatch.delenv("STRAINWATCH_" + name.upper(), raising=False)
+    for key, value in anchor.items():
+        monkeypatch.setenv(key, interpolate(value, env))
+    settings = Settings()
+    sink = InfluxSink(
+        settings.influx_url,
+        "token",
+        settings.influx_org,
+        settings.influx_bucket,
+        windows_bucket=settings.influx_windows_bucket or None,
+    )
+    bucket = "site-a"
+    influxdb = {
+        k: interpolate(v, env) for k, v in environment(load_compose()["services"]["influxdb"]).items()
+    }
+    assert (sink.bucket, sink.windows_bucket) == (bucket, f"{bucket}/windows")
+    assert influxdb["DOCKER_INFLUXDB_INIT_BUCKET"] == bucket  # the script's "${bucket}/windows"
+
+
 def days(duration: str) -> float:
     m = re.fullmatch(r"(\d+)([dhw])", duration)
     assert m, f"retention {duration!r}: use d, h or w"
