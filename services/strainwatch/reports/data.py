@@ -127,7 +127,7 @@ def build_report(
 
     split = _split(reader, scope)
     step("compliance split read")
-    trend = _trend(reader, scope)
+    trend = _trend(reader, scope, first)
     step("trend read")
     habituation, habituation_note = _habituation(reader, scope)
     step("habituation read")
@@ -303,19 +303,30 @@ def _split(reader: Reader, scope: ReportScope) -> ComplianceSplit:
     span = figures.Scope.between(start.start_s, scope.end_s, scope.site, scope.team)
     r = _Batch(
         {
-            "compliance": figures.conditioning_compliance(span, by="team"),
-            "monitored": figures.monitored(span, by="team"),
+            "outcomes": queries.conditioning_outcomes(span, by="team"),
+            "outcome_workers": queries.outcome_workers(span, "team"),
+            "sums": queries.rollup_sums(span, ["wear_s"], by="team"),
+            "workers": queries.group_workers(span, "team"),
             "incidents": figures.incident_counts(span, by=("team", "body_part")),
         }
     ).run(reader)
-    compliance = {
-        str(row["team"]): (_num(row, "compliance"), int(_num(row, "prompts") or 0))
-        for row in r["compliance"]
-        if _num(row, "compliance") is not None
+    # teams of 5 or more workers with outcomes (and monitored): the privacy rule, as in every table
+    with_outcomes = {
+        str(row["team"]) for row in r["outcome_workers"] if (_num(row, "workers") or 0) >= MIN_GROUP_WORKERS
     }
+    compliance = {
+        str(row["team"]): (
+            _ratio(_num(row, "taken") or 0.0, _num(row, "outcomes"), 100.0),
+            int(_num(row, "outcomes") or 0),
+        )
+        for row in r["outcomes"]
+        if str(row["team"]) in with_outcomes and (_num(row, "outcomes") or 0) > 0
+    }
+    hours = {str(row["team"]): (_num(row, "wear_s") or 0.0) / 3600.0 for row in r["sums"]}
     monitored = {
-        str(row["team"]): (int(_num(row, "workers") or 0), _num(row, "hours") or 0.0)
-        for row in r["monitored"]
+        str(row["team"]): (int(_num(row, "workers") or 0), hours.get(str(row["team"]), 0.0))
+        for row in r["workers"]
+        if (_num(row, "workers") or 0) >= MIN_GROUP_WORKERS
     }
     ns_incidents: dict[str, int] = {}
     for row in r["incidents"]:
@@ -378,16 +389,20 @@ TREND_FIELDS = ["wear_s", "violations", "accrued_upper_back"] + [
 ]
 
 
-def _trend(reader: Reader, scope: ReportScope) -> list[TrendMonth]:
+def _trend(reader: Reader, scope: ReportScope, month_rows: dict[str, list[Row]]) -> list[TrendMonth]:
+    """The 12 months; the report's own month reuses the rows already read for it."""
     months = [scope.shifted(-i) for i in range(TREND_MONTHS - 1, -1, -1)]
     statements: dict[str, str] = {}
     for m in months:
         s = figures.Scope.between(m.start_s, m.end_s, scope.site, scope.team)
-        statements[f"{m.label}/workers"] = queries.scope_workers(s)
-        statements[f"{m.label}/sums"] = queries.rollup_sums(s, TREND_FIELDS)
-        statements[f"{m.label}/compliance"] = figures.conditioning_compliance(s, min_workers=1)
+        if m != scope:
+            statements[f"{m.label}/workers"] = queries.scope_workers(s)
+            statements[f"{m.label}/sums"] = queries.rollup_sums(s, TREND_FIELDS)
+        statements[f"{m.label}/compliance"] = queries.conditioning_outcomes(s)
         statements[f"{m.label}/incidents"] = figures.incident_counts(s, by=("severity",))
     r = _Batch(statements).run(reader)
+    r[f"{scope.label}/workers"] = month_rows["scope_workers"]
+    r[f"{scope.label}/sums"] = month_rows["sums"]
     out = []
     for m in months:
         workers = int(_num(_first(r[f"{m.label}/workers"]), "workers") or 0)
@@ -406,6 +421,7 @@ def _trend(reader: Reader, scope: ReportScope) -> list[TrendMonth]:
         hours = (_num(sums, "wear_s") or 0.0) / 3600.0
         measured = sum(_num(sums, f"zone_{seg}_{z}_s") or 0.0 for seg in SEGMENTS for z in ZONES)
         at_risk = sum(_num(sums, f"zone_{seg}_not_acceptable_s") or 0.0 for seg in SEGMENTS)
+        compliance = _first(r[f"{m.label}/compliance"])
         out.append(
             TrendMonth(
                 m.label,
@@ -414,7 +430,7 @@ def _trend(reader: Reader, scope: ReportScope) -> list[TrendMonth]:
                 _ratio(at_risk, measured, 100.0),
                 _ratio(_num(sums, "violations") or 0.0, hours, 100.0),
                 _ratio(_num(sums, "accrued_upper_back"), hours),
-                _r(_num(_first(r[f"{m.label}/compliance"]), "compliance")),
+                _ratio(_num(compliance, "taken") or 0.0, _num(compliance, "outcomes"), 100.0),
                 sum(incidents.values()),
                 recordable,
                 _r(incidence_rate(recordable, hours)),

@@ -24,7 +24,7 @@ import orjson
 
 from strainwatch.storage.figures import HOURLY, WINDOWS, Scope
 from strainwatch.storage.influxql import InfluxQL, InfluxQLError
-from strainwatch.storage.measurements import BREAK_ALERT, BREAK_PROMPT, EXPOSURE_HOURLY, INCIDENT
+from strainwatch.storage.measurements import BREAK_ACK, BREAK_ALERT, BREAK_PROMPT, EXPOSURE_HOURLY, INCIDENT
 
 Row = dict[str, Any]
 
@@ -55,10 +55,33 @@ def group_workers(scope: Scope, by: str) -> str:
 
 
 def prompt_counts_by_kind(scope: Scope) -> str:
-    """Column `prompts` per `kind`, `status` and `reason` (figures.prompt_counts has no kind)."""
+    """Column `prompts` per `kind`, `status` and `reason` (figures.prompt_counts has no kind). Counts
+    the integer field `channels_ok` (on every prompt point): InfluxDB counts it faster than the
+    string `alert_id`."""
     return (
-        f'SELECT COUNT("alert_id") AS "prompts" FROM "{BREAK_PROMPT}" WHERE {scope.where()} '
+        f'SELECT COUNT("channels_ok") AS "prompts" FROM "{BREAK_PROMPT}" WHERE {scope.where()} '
         'GROUP BY "kind", "status", "reason"'
+    )
+
+
+def conditioning_outcomes(scope: Scope, by: str | None = None) -> str:
+    """Columns `taken` and `outcomes` of conditioning breaks (per `by` tag if given), flat: the 0/1
+    `taken` field summed and counted (the figure `conditioning_compliance` nests a per-worker
+    subquery, which InfluxDB 1.6 runs for seconds even over an empty month)."""
+    group = f' GROUP BY "{by}"' if by else ""
+    where = scope.where("\"kind\" = 'conditioning_break'")
+    return (
+        f'SELECT SUM("taken") AS "taken", COUNT("taken") AS "outcomes" FROM "{BREAK_ACK}" '
+        f"WHERE {where}{group}"
+    )
+
+
+def outcome_workers(scope: Scope, by: str) -> str:
+    """Column `workers`: distinct workers with a conditioning-break outcome per `by` tag."""
+    where = scope.where("\"kind\" = 'conditioning_break'")
+    return (
+        f'SELECT COUNT("n") AS "workers" FROM (SELECT COUNT("taken") AS "n" FROM "{BREAK_ACK}" '
+        f'WHERE {where} GROUP BY "{by}", "worker") WHERE {scope.time} GROUP BY "{by}"'
     )
 
 
