@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
+from strainwatch.cli import app
 from strainwatch.config import get_settings
 from strainwatch.incidents.store import incident_line
-from strainwatch.reports.cli import register
 from strainwatch.storage.measurements import (
     WINDOWS_RP,
     break_ack_line,
@@ -293,14 +292,7 @@ def run_report(loaded: Loaded, monkeypatch: pytest.MonkeyPatch, *args: str) -> A
     monkeypatch.setenv("STRAINWATCH_INFLUX_URL", loaded.influx.url)
     monkeypatch.setenv("STRAINWATCH_INFLUX_BUCKET", loaded.database)
     get_settings.cache_clear()
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def _root() -> None:  # a group, so that `report` stays a subcommand
-        pass
-
-    result = CliRunner().invoke(app, ["report", "monthly", *args])
+    result = CliRunner().invoke(app, ["report", "monthly", *args])  # the `strainwatch` command
     get_settings.cache_clear()
     return result
 
