@@ -1,13 +1,18 @@
 # strainwatch: one image for every service (processor, alerting, gateway, the topics job).
 #   docker build -t strainwatch .
 #   docker run --rm strainwatch strainwatch --help
-# deploy/docker-compose.yml builds it and picks the service with `command:`.
+# deploy/compose.yaml builds it and picks the service with `command:`.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Pango and a font: the monthly report renders its PDF with WeasyPrint
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core \
+    && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
 # exactly the tested dependency versions (the processor relies on faust internals), in their own

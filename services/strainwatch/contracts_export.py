@@ -210,7 +210,7 @@ def asyncapi_document() -> dict[str, Any]:
             "production": {
                 "host": "kafka:9092",
                 "protocol": "kafka",
-                "description": "the broker of deploy/docker-compose.yml (set STRAINWATCH_KAFKA_BOOTSTRAP)",
+                "description": "the broker of deploy/compose.yaml (set STRAINWATCH_KAFKA_BOOTSTRAP)",
             }
         },
         "channels": channels,

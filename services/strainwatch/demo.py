@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from strainwatch.config import get_settings
+from strainwatch.demo_report import DASHBOARDS, PROVISIONING, PUBLISH_COMMAND, DemoStepFailed, ReportOutcome
 from strainwatch.storage import influxql
 from strainwatch.storage.influxql import InfluxQL, InfluxQLError
 
@@ -170,6 +171,7 @@ class DeadLetterCounter:
 def run_demo(
     workers: int, days: float, live_s: float, invalid_rate: float, seed: int, broker: str | None
 ) -> dict[str, Any]:
+    from strainwatch.demo_report import import_and_report
     from strainwatch.demo_services import WebhookReceiver, channels_file, start_service
     from strainwatch.fleet.producer import produce, produce_roster
     from strainwatch.fleet.simulator import FleetSimulator, SimConfig, backfill_config
@@ -179,7 +181,7 @@ def run_demo(
     started = time.monotonic()
     settings = get_settings()
     stack_cfg = StackConfig.from_settings(broker)  # type: ignore[arg-type]
-    console.rule("1/6 local stack")
+    console.rule("1/7 local stack")
     Stack(stack_cfg).up()
     console.print(
         f"broker [bold]{stack_cfg.broker}[/] at {stack_cfg.bootstrap}, InfluxDB at {stack_cfg.influx_url}, "
@@ -193,7 +195,7 @@ def run_demo(
     webhook = WebhookReceiver()
     webhook_port = webhook.start()
 
-    console.rule("2/6 processor, device gateway, alerting service")
+    console.rule("2/7 processor, device gateway, alerting service")
     env = {
         **os.environ,
         "STRAINWATCH_KAFKA_BOOTSTRAP": stack_cfg.bootstrap,
@@ -216,7 +218,7 @@ def run_demo(
     for service in services:
         console.print(f"{service.name}: pid {service.popen.pid}, log {service.log_path}")
     try:
-        console.rule(f"3/6 backfill: {workers} workers, {days:g} days of history")
+        console.rule(f"3/7 backfill: {workers} workers, {days:g} days of history")
         history = FleetSimulator(
             backfill_config(
                 days=days, workers=workers, now=run_at, seed=seed, site_id=site, invalid_rate=invalid_rate
@@ -228,7 +230,7 @@ def run_demo(
         backfill = produce(history.frames(), stack_cfg.bootstrap, POSTURE_EVENTS.name, progress=True)
         console.print(f"backfilled {backfill.frames_produced:,} frames in {backfill.elapsed_s:.1f} s")
 
-        console.rule(f"4/6 live: {live_s:g} s of 1-second frames at 10 Hz from devices over MQTT")
+        console.rule(f"4/7 live: {live_s:g} s of 1-second frames at 10 Hz from devices over MQTT")
         live_cfg = SimConfig(
             workers=workers,
             rate_hz=10.0,
@@ -248,7 +250,7 @@ def run_demo(
         valid = backfill.valid_frames + live.valid
         invalid = backfill.invalid_frames + live.invalid
 
-        console.rule("5/6 waiting for the processor to account for every frame")
+        console.rule("5/7 waiting for the processor to account for every frame")
         ql = InfluxQL(stack_cfg.influx_url, settings.influx_token.get_secret_value(), stack_cfg.influx_bucket)
         where = f"\"site\" = '{site}'"
 
@@ -262,10 +264,13 @@ def run_demo(
             return processed, dead_letters.read()
 
         accounting = await_accounting(poll, valid, invalid)
-        console.rule("6/6 waiting for the alerting service to decide every alert")
+        console.rule("6/7 waiting for the alerting service to decide every alert")
         decided = await_prompts(ql, where, services)
         summary = _summary(ql, where, site)
         summary["prompts_all_decided"] = decided
+        console.rule("7/7 injury log, monthly report, dashboards")
+        teams = sorted({str(e["team"]) for e in history.roster()})
+        reported = import_and_report(site, teams, run_at.date(), env, state_dir)
     finally:
         for service in services:
             service.stop()
@@ -276,6 +281,7 @@ def run_demo(
     summary["channel_messages"] = list(webhook.bodies)
     summary["devices"] = live.stats
     _print_summary(summary, produced, processed, dead, by_reason, site)
+    _print_report(reported)
     verdict(accounting)  # after the summary, which shows the counts; no JSON line on failure
     prompts = summary["prompts"]
     return {
@@ -290,6 +296,7 @@ def run_demo(
         "channel_messages": len(webhook.bodies),
         "outcomes": summary["outcomes"],
         "influx_url": stack_cfg.influx_url,
+        "report_files": [str(p) for p in reported.report_files],
         "elapsed_s": round(time.monotonic() - started, 1),
     }
 
@@ -469,10 +476,28 @@ def _print_summary(
     )
 
 
+def _print_report(reported: ReportOutcome) -> None:
+    out = Console()
+    out.rule("injury log, monthly report, dashboards")
+    out.print(f"injury log imported: {reported.incidents_summary}")
+    out.print("monthly injury-risk report:")
+    for path in reported.report_files:
+        if path.suffix in (".html", ".pdf") or path.name.endswith("summary.csv"):
+            out.print(f"  {path}")
+    csv_dirs = sorted({p.parent for p in reported.report_files if p.suffix == ".csv"})
+    for folder in csv_dirs:
+        out.print(f"  {folder}/ ({sum(1 for p in reported.report_files if p.parent == folder)} CSV tables)")
+    out.print(f"Grafana dashboards (generated): {DASHBOARDS}/")
+    out.print(f"Grafana provisioning (data source, alert rules, contact point, policy): {PROVISIONING}/")
+    out.print(f"load both into a running Grafana: {PUBLISH_COMMAND}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        workers: int = typer.Option(10, min=1, max=2_000, help="simulated workers (devices over MQTT)"),
+        workers: int = typer.Option(
+            24, min=1, max=2_000, help="simulated workers (devices over MQTT); teams and tasks of 6"
+        ),
         days: float = typer.Option(2.0, min=0, max=31, help="days of history to backfill"),
         live_s: float = typer.Option(30.0, "--live-s", min=0, max=3_600, help="seconds of live streaming"),
         invalid_rate: float = typer.Option(0.01, min=0, max=1, help="share of malformed frames"),
@@ -488,7 +513,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             result = run_demo(workers, days, live_s, invalid_rate, seed, broker)
-        except (DemoIncomplete, ProduceError) as error:
+        except (DemoIncomplete, ProduceError, DemoStepFailed) as error:
             typer.echo(str(error), err=True)
             raise typer.Exit(1) from None
         typer.echo(orjson.dumps(result).decode())

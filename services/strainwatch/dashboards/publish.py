@@ -419,6 +419,11 @@ def publish_command(
         ..., "--token-env", help="name of the environment variable holding a Grafana service account token"
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="list what would change; write nothing"),
+    dashboards_dir: Path | None = typer.Option(
+        None,
+        "--dashboards",
+        help="directory of generated dashboard JSON (default: the repository's dashboards/)",
+    ),
 ) -> None:
     """Create or update the folder, data source, dashboards, alert rules, contact point and policy.
 
@@ -444,7 +449,12 @@ def publish_command(
     )
     try:
         check_url(url)
-        report = publish(url, token, load_dashboards(), dry_run, influx=influx, webhook=webhook)
+        if dashboards_dir is not None and not dashboards_dir.is_dir():
+            raise PublishError(f"--dashboards {dashboards_dir}: not a directory; nothing published")
+        dashboards = load_dashboards(dashboards_dir)
+        if not dashboards:
+            raise PublishError(f"no dashboard JSON in {dashboards_dir or DASHBOARDS_DIR}; nothing published")
+        report = publish(url, token, dashboards, dry_run, influx=influx, webhook=webhook)
     except PublishError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2 if "nothing published" in str(error) or "--url" in str(error) else 1) from None

@@ -483,3 +483,24 @@ def test_command_dry_run_reads_the_repository_dashboards(
     assert "create    dashboard     sw-two (Two)" in result.output
     assert result.output.strip().endswith(f"12 object(s) would change at {grafana.url} (dry run)")
     assert [r for r in grafana.take() if r.write] == []
+
+
+def test_command_reads_a_given_dashboards_directory_and_refuses_a_missing_one(
+    grafana: FakeGrafana, tmp_path: Path
+) -> None:
+    """A container has no repository checkout: --dashboards names the mounted directory."""
+    for board in BOARDS:
+        (tmp_path / f"{board['uid']}.json").write_text(json.dumps(board))
+    env = {"GRAFANA_TOKEN": TOKEN, "STRAINWATCH_GRAFANA_WEBHOOK_URL": WEBHOOK.url}
+    args = ["--url", grafana.url, "--token-env", "GRAFANA_TOKEN", "--dry-run"]
+    result = CliRunner().invoke(_app(), [*args, "--dashboards", str(tmp_path)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "create    dashboard     sw-two (Two)" in result.output
+    missing = CliRunner().invoke(_app(), [*args, "--dashboards", str(tmp_path / "nope")], env=env)
+    assert missing.exit_code == 2
+    assert "not a directory; nothing published" in missing.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = CliRunner().invoke(_app(), [*args, "--dashboards", str(empty)], env=env)
+    assert none.exit_code == 2 and "no dashboard JSON" in none.output
+    assert [r for r in grafana.take() if r.write] == []
