@@ -16,6 +16,8 @@ Output: progress on stderr; the last line of stdout is one JSON object:
                        5,000 relative to 100; ≤ 1 means no worse than linear
   growth_ratio_1000    the same for 1,000 against 100
   target_1000_met      seconds_1000_workers ≤ 30
+  seconds_reading_influxdb_<n>  the part of the time spent in queries (the rest: figures, HTML, PDF, CSV)
+  cpus, load_average_1m_at_end  how busy the host was (other work slows both InfluxDB and the report)
 
     python bench/report_scale.py [--sizes 100,1000,5000] [--days 30] [--keep]
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import calendar
 import datetime as dt
+import os
 import random
 import sys
 import tempfile
@@ -187,15 +190,37 @@ def run_size(influxd: str, adapter: str, workers: int, days: int, out: Path) -> 
     log(f"{workers} workers: written in {time.monotonic() - started:.1f} s")
     reader = Reader(InfluxQL(adapter, "bench", database))
     scope = ReportScope(YEAR, MONTH, SITE, None)
+    marks: dict[str, float] = {}
     started = time.monotonic()
-    output = generate(reader, scope, ("html", "pdf", "csv"), out / str(workers))
+    output = generate(
+        reader,
+        scope,
+        ("html", "pdf", "csv"),
+        out / str(workers),
+        advance=lambda what: marks.setdefault(what, time.monotonic()),
+    )
     seconds = time.monotonic() - started
+    reading = marks.get("habituation read", started) - started
     log(
-        f"{workers} workers: report in {seconds:.2f} s ({reader.statements} statements in "
+        f"{workers} workers: report in {seconds:.2f} s, {reading:.2f} s of it reading InfluxDB "
+        f"({reader.statements} statements in "
         f"{reader.requests} requests, {output.report.totals.workers} workers, "
         f"{output.report.totals.hours:,.0f} monitored hours)"
     )
-    return {"seconds": round(seconds, 3), "points": len(lines), "statements": reader.statements}
+    return {
+        "seconds": round(seconds, 3),
+        "reading": round(reading, 3),
+        "points": len(lines),
+        "statements": reader.statements,
+    }
+
+
+def warm_up(adapter: str, out: Path) -> None:
+    """One report over an empty database first: imports, matplotlib's and fontconfig's caches and
+    WeasyPrint's first layout are not part of any size's time."""
+    create_database(adapter, "bench_report_warmup")
+    reader = Reader(InfluxQL(adapter, "bench", "bench_report_warmup"))
+    generate(reader, ReportScope(YEAR, MONTH, None, None), ("html", "pdf", "csv"), out / "warmup")
 
 
 def main() -> None:
@@ -211,6 +236,7 @@ def main() -> None:
     influxd, adapter, procs = start_influx(state)
     results: dict[int, dict[str, Any]] = {}
     try:
+        warm_up(adapter, state / "reports")
         for workers in sizes:
             results[workers] = run_size(influxd, adapter, workers, args.days, state / "reports")
     finally:
@@ -225,6 +251,7 @@ def main() -> None:
     summary: dict[str, Any] = {"days": args.days, "shift_hours": SHIFT_H}
     for workers, r in results.items():
         summary[f"seconds_{workers}_workers"] = r["seconds"]
+        summary[f"seconds_reading_influxdb_{workers}"] = r["reading"]
         summary[f"points_loaded_{workers}"] = r["points"]
         summary[f"statements_{workers}"] = r["statements"]
     smallest = min(results)
@@ -242,6 +269,9 @@ def main() -> None:
     if 1000 in results:
         summary["growth_ratio_1000"] = growth(1000)
         summary["target_1000_met"] = results[1000]["seconds"] <= 30.0
+    # other work on the host slows InfluxDB and the report alike: say how busy it was
+    summary["cpus"] = os.cpu_count()
+    summary["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(orjson.dumps(summary).decode(), flush=True)
 
 
