@@ -27,6 +27,7 @@ from rich.table import Table
 
 from strainwatch.config import get_settings
 from strainwatch.demo_report import DASHBOARDS, PROVISIONING, PUBLISH_COMMAND, DemoStepFailed, ReportOutcome
+from strainwatch.kafka_clients import kafka_python_security
 from strainwatch.storage import influxql
 from strainwatch.storage.influxql import InfluxQL, InfluxQLError
 
@@ -127,6 +128,7 @@ class DeadLetterCounter:
         name = topic or POSTURE_DEADLETTER.name
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
+            **kafka_python_security(),
             group_id=None,
             enable_auto_commit=False,
             max_poll_records=1_000_000,
@@ -482,7 +484,7 @@ def _print_report(reported: ReportOutcome) -> None:
     out.print(f"injury log imported: {reported.incidents_summary}")
     out.print("monthly injury-risk report:")
     for path in reported.report_files:
-        if path.suffix in (".html", ".pdf") or path.name.endswith("summary.csv"):
+        if path.suffix in (".html", ".pdf"):
             out.print(f"  {path}")
     csv_dirs = sorted({p.parent for p in reported.report_files if p.suffix == ".csv"})
     for folder in csv_dirs:

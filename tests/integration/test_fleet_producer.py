@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
@@ -43,10 +44,12 @@ class _Reader:
         partitions = self.consumer.partitions_for_topic(topic) or set()
         self.consumer.assign([TopicPartition(topic, p) for p in partitions])
         self.seen = 0
+        self.values: list[bytes] = []
 
     def count(self) -> int:
         for records in self.consumer.poll(timeout_ms=500).values():
             self.seen += len(records)
+            self.values.extend(record.value for record in records)
         return self.seen
 
     def at_end(self) -> bool:
@@ -113,4 +116,12 @@ def test_a_refused_frame_fails_the_run_and_is_not_counted(kafka: Broker) -> None
 def test_roster_counts_acknowledged_entries(broker: Broker) -> None:
     sim = FleetSimulator(SimConfig(workers=5, duration_s=0, shifts=False))
     assert produce_roster(sim.roster(), broker.bootstrap, ROSTER.name) == 5
-    assert _messages_in(broker.bootstrap, ROSTER.name, 5) == 5
+    reader = _Reader(broker.bootstrap, ROSTER.name)
+    try:
+        wait_for(lambda: reader.count() >= 5, timeout_s=30, what="5 roster entries")
+        assert reader.count() == 5
+        # every field of the entry reaches the topic, the task (reports rank tasks) included
+        tasks = {orjson.loads(value)["worker_id"]: orjson.loads(value)["task"] for value in reader.values}
+        assert tasks == {w.worker_id: w.task for w in sim.workers}
+    finally:
+        reader.close()

@@ -15,6 +15,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from strainwatch.fleet.simulator import SimFrame
+from strainwatch.kafka_clients import kafka_python_security
 
 
 class ProduceError(RuntimeError):
@@ -102,6 +103,7 @@ def make_producer(bootstrap: str) -> KafkaProducer:
     try:
         return KafkaProducer(
             bootstrap_servers=bootstrap,
+            **kafka_python_security(),
             acks="all",
             linger_ms=20,
             batch_size=262_144,
@@ -190,7 +192,7 @@ def produce_roster(entries: Iterable[dict[str, Any]], bootstrap: str, topic: str
     futures = []
     try:
         for entry in entries:
-            model = RosterEntry.model_validate({k: v for k, v in entry.items() if k != "task"})
+            model = RosterEntry.model_validate(entry)
             futures.append(
                 producer.send(
                     topic, key=model.worker_id.encode(), value=orjson.dumps(model.model_dump(mode="json"))
