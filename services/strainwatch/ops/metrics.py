@@ -14,10 +14,12 @@ queries (docs/operations.md lists them):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 CONSUMED = "strainwatch_consumed"
 PROCESSED = "strainwatch_processed"
@@ -32,6 +34,22 @@ END_TO_END_DELAY = "strainwatch_end_to_end_delay_seconds"
 DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 
 
+class _ScrapeHooks(Collector):
+    """Registered first in a registry, so its hooks run before the other metrics are collected
+    (the registry collects in registration order): counters kept elsewhere are synced at scrape."""
+
+    def __init__(self) -> None:
+        self.hooks: list[Callable[[], None]] = []
+
+    def collect(self) -> Iterable[Metric]:
+        for hook in self.hooks:
+            hook()
+        return []
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
 class ServiceMetrics:
     """The shared metrics of one service, in their own registry (pass `registry` to share one).
 
@@ -44,6 +62,9 @@ class ServiceMetrics:
         self.service = service
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self._hooks = _ScrapeHooks()
+        r.register(self._hooks)
+        self._totals: dict[str, float] = {}
         self._consumed = Counter(CONSUMED, "Records read from the input", ["service"], registry=r)
         self._processed = Counter(PROCESSED, "Records fully handled", ["service"], registry=r)
         self._dead = Counter(
@@ -68,7 +89,7 @@ class ServiceMetrics:
         self.consumer_lag = self._lag_gauge.labels(service=service)
         self.checkpoint_age = self._age_gauge.labels(service=service)
 
-    def dead_lettered(self, reason: str, n: int = 1) -> None:
+    def dead_lettered(self, reason: str, n: float = 1) -> None:
         self._dead.labels(service=self.service, reason=reason).inc(n)
 
     def read_consumer_lag(self, fn: Callable[[], float]) -> None:
@@ -77,6 +98,36 @@ class ServiceMetrics:
 
     def read_checkpoint_age(self, fn: Callable[[], float]) -> None:
         self.checkpoint_age.set_function(fn)
+
+    def on_scrape(self, hook: Callable[[], None]) -> None:
+        """Runs `hook()` at every scrape, before the metrics are read."""
+        self._hooks.hooks.append(hook)
+
+    def set_totals(
+        self,
+        *,
+        consumed: float | None = None,
+        processed: float | None = None,
+        sink_write_errors: float | None = None,
+        dead_lettered: Mapping[str, float] | None = None,
+    ) -> None:
+        """Brings the counters up to totals a service already counts (no work on its hot path):
+        each counter grows by the difference since the last call; a total that went down is ignored."""
+        for key, counter, total in (
+            ("consumed", self.consumed, consumed),
+            ("processed", self.processed, processed),
+            ("sink_write_errors", self.sink_write_errors, sink_write_errors),
+        ):
+            if total is not None:
+                self._advance(key, total, counter.inc)
+        for reason, total in (dead_lettered or {}).items():
+            self._advance(f"dead:{reason}", total, self._dead.labels(service=self.service, reason=reason).inc)
+
+    def _advance(self, key: str, total: float, inc: Callable[[float], None]) -> None:
+        last = self._totals.get(key, 0.0)
+        if total > last:
+            inc(total - last)
+            self._totals[key] = total
 
     def render(self) -> bytes:
         return _generate_latest(self.registry)

@@ -8,7 +8,8 @@ retrying (`NotRetryable`, or anything `is_permanent` says so, such as InfluxDB 4
 raised at once, logged once as an error, and — with a readiness check — mark it fatal.
 
 A stop event (asyncio.Event for `call`, threading.Event for `call_sync`) interrupts the back-off
-sleep at once and raises `RetryStopped`, so a shutdown never waits for the next attempt.
+sleep at once and raises `RetryStopped`, so a shutdown never waits for the next attempt. A call made
+while the event is already set still makes one attempt (a final flush on the way out), no retry.
 """
 
 from __future__ import annotations
@@ -170,14 +171,14 @@ class RetryPolicy:
             if stop is None:
                 await asyncio.sleep(seconds)
                 return
+            if stop.is_set():
+                raise RetryStopped(what)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=seconds)
             except TimeoutError:
                 return
             raise RetryStopped(what)
 
-        if stop is not None and stop.is_set():
-            raise RetryStopped(what)
         retrying = AsyncRetrying(sleep=sleep, **self._common(log, is_permanent, retry_on, readiness, check))
         try:
             result: T = await retrying(fn, *args, **kwargs)
@@ -214,8 +215,6 @@ class RetryPolicy:
             elif stop.wait(seconds):
                 raise RetryStopped(what)
 
-        if stop is not None and stop.is_set():
-            raise RetryStopped(what)
         retrying = Retrying(sleep=sleep, **self._common(log, is_permanent, retry_on, readiness, check))
         try:
             result: T = retrying(fn, *args, **kwargs)

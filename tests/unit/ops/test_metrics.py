@@ -55,3 +55,20 @@ def test_gauges_read_at_scrape_time_and_registries_are_per_service() -> None:
     other = ServiceMetrics("gateway")  # a second registry: no duplicate-timeseries error
     other.consumed.inc()
     assert ("strainwatch_consumed_total", (("service", "alerting"),)) not in samples(other)
+
+
+def test_totals_counted_elsewhere_are_synced_at_scrape() -> None:
+    totals = {"in": 0, "ok": 0, "dead": {"invalid_json": 0}}
+    m = ServiceMetrics("processor")
+    m.on_scrape(
+        lambda: m.set_totals(consumed=totals["in"], processed=totals["ok"], dead_lettered=totals["dead"])
+    )
+    totals.update({"in": 10, "ok": 8, "dead": {"invalid_json": 2}})
+    s = samples(m)
+    assert s[("strainwatch_consumed_total", (("service", "processor"),))] == 10
+    assert s[("strainwatch_processed_total", (("service", "processor"),))] == 8
+    assert s[("strainwatch_dead_lettered_total", (("reason", "invalid_json"), ("service", "processor")))] == 2
+    totals.update({"in": 15, "ok": 3})  # a total going down (a reset elsewhere) never lowers a counter
+    s = samples(m)
+    assert s[("strainwatch_consumed_total", (("service", "processor"),))] == 15
+    assert s[("strainwatch_processed_total", (("service", "processor"),))] == 8

@@ -107,8 +107,11 @@ def test_stop_event_interrupts_the_back_off() -> None:
 def test_sync_stop_event_and_deadline() -> None:
     stop = threading.Event()
     stop.set()
-    with pytest.raises(RetryStopped):
-        FAST.call_sync(Flaky(1).sync, what="x", logger=Log(), stop=stop)
+    once = Flaky(1)
+    with pytest.raises(RetryStopped):  # stopping: one attempt, no retry
+        FAST.call_sync(once.sync, what="x", logger=Log(), stop=stop)
+    assert once.calls == 1
+    assert FAST.call_sync(Flaky(0).sync, what="x", logger=Log(), stop=stop) == "ok"
     log = Log()
     with pytest.raises(ConnectionError):
         RetryPolicy(initial_s=0.001, cap_s=0.002, jitter_s=0.0, deadline_s=0.05).call_sync(
