@@ -469,7 +469,12 @@ def test_trend(loaded: Loaded, october: Path) -> None:
     trend = {r["month"]: r for r in read_csv(october / CSV_DIR, "trend")}
     assert list(trend) == [f"{2025 + (10 + i) // 12}-{(10 + i) % 12 + 1:02d}" for i in range(12)]
     # May: 3 workers only, withheld (as months without data)
-    assert trend["2026-05"]["workers"] == trend["2026-05"]["dose_per_hour"] == ""
+    assert (
+        trend["2026-05"]["workers"]
+        == trend["2026-05"]["dose_per_hour"]
+        == trend["2026-05"]["monitored_hours"]
+        == ""
+    )
     assert trend["2026-05"]["recordable"] == "1"  # incidents are not per worker
     for month in (9, 10):
         rows = month_rows(loaded.site, 2026, month)

@@ -73,7 +73,7 @@ def _top(values: list[float | None]) -> float:
 
 
 def trend(r: MonthlyReport) -> Chart | None:
-    if not any(m.hours > 0 for m in r.trend):
+    if not any((m.hours or 0.0) > 0 for m in r.trend):
         return None
     months = [m.month for m in r.trend]
     panels = [

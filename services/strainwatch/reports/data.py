@@ -57,10 +57,11 @@ class _Batch:
     """Named statements run in one go."""
 
     statements: dict[str, str]
+    heavy: bool = False  # one statement per request, so each runs on its own (and within timeouts)
 
     def run(self, reader: Reader) -> dict[str, list[Row]]:
         names = list(self.statements)
-        results = reader.run([self.statements[n] for n in names])
+        results = reader.run([self.statements[n] for n in names], per_request=1 if self.heavy else None)
         return dict(zip(names, results, strict=True))
 
 
@@ -107,7 +108,10 @@ def build_report(
     step("scope checked")
     month = figures.Scope.between(scope.start_s, scope.end_s, scope.site, scope.team)
 
-    first = _Batch(_month_statements(month)).run(reader)
+    first = _Batch(_month_statements(month), heavy=True).run(reader)
+    first["sums"] = [
+        _merged([row for name, rows in first.items() if name.startswith("sums/") for row in rows])
+    ]
     scope_workers = int(_num(_first(first["scope_workers"]), "workers") or 0)
     if 0 < scope_workers < MIN_GROUP_WORKERS:
         raise ScopeError(
@@ -172,10 +176,26 @@ def _rollup_fields() -> list[str]:
 GROUP_FIELDS = ["wear_s", "accrued_upper_back"]
 
 
+def _merged(rows: list[Row]) -> Row:
+    """The columns of several one-row results (the month's sums, read in parts) as one row."""
+    out: Row = {}
+    for row in rows:
+        out.update({k: v for k, v in row.items() if v is not None or k not in out})
+    return out
+
+
 def _month_statements(month: Scope) -> dict[str, str]:
-    return {
+    """The month's statements; the rollup's sums in parts (the base fields, then one part per two
+    segments), which InfluxDB runs in parallel requests."""
+    fields = _rollup_fields()
+    base = ["wear_s", "violations", "accrued_upper_back"]
+    parts = [base] + [
+        [f for f in fields if any(f.startswith(f"zone_{s}_") or f.startswith(f"cut_{s}_") for s in pair)]
+        for pair in zip(SEGMENTS[::2], SEGMENTS[1::2], strict=True)
+    ]
+    sums = {f"sums/{i}": queries.rollup_sums(month, part) for i, part in enumerate(parts)}
+    return sums | {
         "scope_workers": queries.scope_workers(month),
-        "sums": queries.rollup_sums(month, _rollup_fields()),
         "team_sums": queries.rollup_sums(month, GROUP_FIELDS, by="team"),
         "team_workers": queries.group_workers(month, "team"),
         "task_sums": queries.rollup_sums(month, GROUP_FIELDS, by="task"),
@@ -308,7 +328,8 @@ def _split(reader: Reader, scope: ReportScope) -> ComplianceSplit:
             "sums": queries.rollup_sums(span, ["wear_s"], by="team"),
             "workers": queries.group_workers(span, "team"),
             "incidents": figures.incident_counts(span, by=("team", "body_part")),
-        }
+        },
+        heavy=True,
     ).run(reader)
     # teams of 5 or more workers with outcomes (and monitored): the privacy rule, as in every table
     with_outcomes = {
@@ -400,7 +421,7 @@ def _trend(reader: Reader, scope: ReportScope, month_rows: dict[str, list[Row]])
             statements[f"{m.label}/sums"] = queries.rollup_sums(s, TREND_FIELDS)
         statements[f"{m.label}/compliance"] = queries.conditioning_outcomes(s)
         statements[f"{m.label}/incidents"] = figures.incident_counts(s, by=("severity",))
-    r = _Batch(statements).run(reader)
+    r = _Batch(statements, heavy=True).run(reader)
     r[f"{scope.label}/workers"] = month_rows["scope_workers"]
     r[f"{scope.label}/sums"] = month_rows["sums"]
     out = []
@@ -413,7 +434,7 @@ def _trend(reader: Reader, scope: ReportScope, month_rows: dict[str, list[Row]])
         if workers < MIN_GROUP_WORKERS:  # no data, or too few workers to show (privacy)
             out.append(
                 TrendMonth(
-                    m.label, None, 0.0, None, None, None, None, sum(incidents.values()), recordable, None
+                    m.label, None, None, None, None, None, None, sum(incidents.values()), recordable, None
                 )
             )
             continue

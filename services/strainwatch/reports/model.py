@@ -150,7 +150,7 @@ class ComplianceSplit:
 class TrendMonth:
     month: str
     workers: int | None  # None: no data, or fewer than 5 workers (withheld)
-    hours: float
+    hours: float | None
     not_acceptable_pct: float | None  # pooled over segments
     violations_per_100h: float | None
     dose_per_hour: float | None

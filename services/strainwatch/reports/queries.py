@@ -149,9 +149,10 @@ class Reader:
     def rows(self, statement: str) -> list[Row]:
         return self.run([statement])[0]
 
-    def run(self, statements: Sequence[str]) -> list[list[Row]]:
-        # spread a few heavy statements over the parallel requests; many light ones in big batches
-        size = max(1, min(self.batch, math.ceil(len(statements) / self.parallel)))
+    def run(self, statements: Sequence[str], per_request: int | None = None) -> list[list[Row]]:
+        """`per_request`: statements per request (default: spread a few statements over the parallel
+        requests, many light ones in batches of `batch`)."""
+        size = per_request or max(1, min(self.batch, math.ceil(len(statements) / self.parallel)))
         chunks = [list(statements[i : i + size]) for i in range(0, len(statements), size)]
         if not chunks:
             return []
@@ -172,7 +173,9 @@ class Reader:
             },
         )
         try:
-            with urllib.request.urlopen(request, timeout=max(self.ql.timeout_s, 300.0)) as resp:
+            with urllib.request.urlopen(
+                request, timeout=max(self.ql.timeout_s, 300.0), context=self.ql.context
+            ) as resp:
                 body = orjson.loads(resp.read())
         except urllib.error.HTTPError as error:
             raise InfluxQLError(f"InfluxQL HTTP {error.code}: {error.read()[:500]!r}") from error

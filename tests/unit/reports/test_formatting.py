@@ -83,7 +83,7 @@ def empty_report() -> MonthlyReport:
         prompts=Prompts({}, {}, {}, {}),
         incidents=Incidents(0, {}, {}, 0, 0, 0.0, "monitored hours"),
         split=ComplianceSplit("2024-02 to 2025-01", None, [], 0, "A comparison needs at least two teams."),
-        trend=[TrendMonth(m, None, 0.0, None, None, None, None, 0, 0, None) for m in months],
+        trend=[TrendMonth(m, None, None, None, None, None, None, 0, 0, None) for m in months],
         habituation=[HabituationMonth(m, 0, 0, None, None, "none") for m in months],
         habituation_note="No 10-second windows are kept for this scope, so no month can be measured.",
     )
