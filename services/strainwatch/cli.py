@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import orjson
 import typer
+from pydantic import ValidationError
 
-from strainwatch.config import get_settings
+from strainwatch.config import ConfigError, get_settings
 from strainwatch.logs import configure
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Upper-back strain monitoring.")
@@ -15,7 +16,16 @@ app.add_typer(config_app, name="config")
 
 @app.callback()
 def _setup() -> None:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as error:
+        # the messages only: pydantic's own text repeats the input, which holds the secrets
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+            for e in error.errors(include_input=False)
+        )
+        typer.echo(f"error: configuration: {problems}", err=True)
+        raise typer.Exit(2) from None
     configure(settings.log_level, settings.log_format)
 
 
@@ -59,7 +69,11 @@ _register()
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ConfigError as error:  # e.g. the local stack's InfluxDB token with a remote URL
+        typer.echo(f"error: configuration: {error}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

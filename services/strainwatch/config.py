@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_INFLUX_TOKEN = "strainwatch-local-token"
+
+
+class MissingSecret(SecretStr):
+    """A secret that was not configured: reading it raises ConfigError with what to set."""
+
+    def __init__(self, variable: str, url: str) -> None:
+        super().__init__("")
+        self.variable = variable
+        self.url = url
+
+    def get_secret_value(self) -> str:
+        raise ConfigError(
+            f"{self.variable} (or {self.variable}_FILE) is required for {self.url}: the built-in token "
+            "belongs to the local stack and is only sent to a loopback InfluxDB URL"
+        )
+
+
+class ConfigError(ValueError):
+    """The configuration cannot work; the message says which setting to change."""
 
 
 class Settings(BaseSettings):
@@ -17,7 +40,8 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="host:port[,host:port] of the brokers")
     # InfluxDB: writes use /api/v2/write, reads InfluxQL on /query (docs/architecture.md, Storage)
     influx_url: str = "http://127.0.0.1:18086"
-    influx_token: SecretStr = SecretStr("strainwatch-local-token")
+    # the local stack's token: refused with any non-loopback URL (security block below)
+    influx_token: SecretStr = SecretStr(LOCAL_INFLUX_TOKEN)
     influx_org: str = "strainwatch"
     influx_bucket: str = Field("strainwatch", description="bucket, readable as an InfluxQL database")
     influx_windows_bucket: str = Field(
@@ -76,6 +100,55 @@ class Settings(BaseSettings):
         None, description="YAML: channels (apprise URLs) and delivery policy per site and team"
     )
 
+    # Transport security (issue 15 item 5, docs/security.md): TLS and SASL for Kafka, CA files for
+    # InfluxDB and MQTT, and every secret also readable from a file (`*_FILE`)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every Kafka client connects (kafka_clients.py)"
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_sasl_password_file: Path | None = Field(None, description="file holding the SASL password")
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA bundle (PEM) for the brokers; none: system CAs"
+    )
+    kafka_ssl_certfile: Path | None = Field(None, description="client certificate (PEM), mutual TLS")
+    kafka_ssl_keyfile: Path | None = Field(None, description="the client certificate's key (PEM)")
+    kafka_ssl_check_hostname: bool = True
+    influx_token_file: Path | None = Field(None, description="file holding the InfluxDB token")
+    influx_ca_file: Path | None = Field(None, description="CA bundle (PEM) for an https InfluxDB URL")
+    mqtt_password_file: Path | None = Field(None, description="file holding the MQTT password")
+    mqtt_ca_file: Path | None = Field(None, description="CA bundle (PEM) for MQTT over TLS")
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> Settings:
+        for secret, path in (
+            ("influx_token", self.influx_token_file),
+            ("mqtt_password", self.mqtt_password_file),
+            ("kafka_sasl_password", self.kafka_sasl_password_file),
+        ):
+            if path is not None:
+                try:
+                    value = Path(path).read_text(encoding="utf-8").strip()
+                except OSError as error:
+                    raise ValueError(f"{secret}_file {path}: {error.strerror or error}") from None
+                if not value:
+                    raise ValueError(f"{secret}_file {path} is empty")
+                object.__setattr__(self, secret, SecretStr(value))
+        if self.influx_token.get_secret_value() == LOCAL_INFLUX_TOKEN and not is_local_url(self.influx_url):
+            # services without InfluxDB (the gateway) start; any use of the token refuses clearly
+            object.__setattr__(
+                self, "influx_token", MissingSecret("STRAINWATCH_INFLUX_TOKEN", self.influx_url)
+            )
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()
+        ):
+            raise ValueError(
+                f"STRAINWATCH_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "STRAINWATCH_KAFKA_SASL_USERNAME and STRAINWATCH_KAFKA_SASL_PASSWORD (or _FILE)"
+            )
+        return self
+
     # Logging
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -86,13 +159,27 @@ class Settings(BaseSettings):
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, SecretStr):
-                raw = value.get_secret_value()
-                out[name] = "****" + raw[-2:] if len(raw) > 6 else "****"
+                # no part of a secret, not even its length: only whether one is set
+                if isinstance(value, MissingSecret):
+                    out[name] = "(missing: required for this URL)"
+                else:
+                    out[name] = "****" if value.get_secret_value() else ""
             elif isinstance(value, Path):
                 out[name] = str(value)
             else:
                 out[name] = value
         return out
+
+
+def is_local_url(url: str) -> bool:
+    """A loopback URL: the only place the local stack's built-in InfluxDB token may be sent."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=1)
