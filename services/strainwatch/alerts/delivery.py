@@ -47,6 +47,7 @@ from strainwatch.events import (
     parse_frame,
 )
 from strainwatch.exposure.thresholds import load_thresholds
+from strainwatch.kafka_clients import aiokafka_security
 from strainwatch.logs import RateLimitedLog
 from strainwatch.processor.sink import InfluxSink, SinkStopped
 from strainwatch.storage.measurements import break_prompt_line
@@ -179,9 +180,12 @@ class DeliveryService:
     async def _session(self) -> None:
         bootstrap = self.settings.kafka_bootstrap
         session_ms = int(self.settings.broker_session_timeout_s * 1000)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, **aiokafka_security(self.settings), acks="all", linger_ms=5
+        )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
+            **aiokafka_security(self.settings),
             group_id=GROUP,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -488,7 +492,11 @@ class DeliveryService:
 
     # ---- roster and posture ---------------------------------------------------------------
     async def _follow_roster(self, ready: asyncio.Event) -> None:
-        reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            **aiokafka_security(self.settings),
+            enable_auto_commit=False,
+        )
         await reader.start()
         try:
             partitions = await topic_partitions(self.settings.kafka_bootstrap, ROSTER.name)
@@ -552,6 +560,7 @@ class DeliveryService:
         """Frames of workers with a pending nudge (only those are parsed) decide those nudges."""
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
+            **aiokafka_security(self.settings),
             enable_auto_commit=False,
             auto_offset_reset="latest",
         )
@@ -596,7 +605,7 @@ class DeliveryService:
 
 async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     """The topic's partition ids (a group-less consumer only knows the topics it was assigned)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **aiokafka_security())
     await admin.start()
     try:
         described = await admin.describe_topics([topic])

@@ -37,6 +37,7 @@ from strainwatch.alerts.outcomes import DEFAULT_IDLE_TIMEOUT_S, OutcomeRecord, O
 from strainwatch.alerts.state_topic import read_to_end
 from strainwatch.config import Settings
 from strainwatch.events import BreakAck, ExposureWindow, PromptDecision
+from strainwatch.kafka_clients import aiokafka_security, kafka_python_security
 from strainwatch.logs import RateLimitedLog
 from strainwatch.processor.sink import InfluxSink, SinkStopped
 from strainwatch.storage.measurements import break_ack_line
@@ -60,7 +61,9 @@ class Stopping(Exception):
 def ensure_state_topic(bootstrap: str, state_topic: str) -> int:
     """Create the compacted state topic with exposure.windows.v1's partition count if missing;
     returns that count. Raises KafkaError while the broker is unreachable or the inputs are missing."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, **kafka_python_security(), request_timeout_ms=10_000
+    )
     try:
         described = admin.describe_topics([EXPOSURE_WINDOWS.name])
         partitions = len(described[0].get("partitions") or []) if described else 0
@@ -159,10 +162,15 @@ class OutcomeRunner:
         session_ms = int(self.settings.broker_session_timeout_s * 1000)
         # a send fails within 15 s while Kafka is down: the service backs off and still stops in time
         producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", linger_ms=5, request_timeout_ms=15_000
+            bootstrap_servers=bootstrap,
+            **aiokafka_security(self.settings),
+            acks="all",
+            linger_ms=5,
+            request_timeout_ms=15_000,
         )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
+            **aiokafka_security(self.settings),
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

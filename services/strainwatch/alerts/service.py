@@ -18,6 +18,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from strainwatch.alerts.channels import ChannelsConfig
 from strainwatch.alerts.delivery import DeliveryService
 from strainwatch.config import Settings
+from strainwatch.kafka_clients import kafka_python_security
 from strainwatch.topics import ALERTS_BREAK, ALERTS_STATE
 
 log = structlog.get_logger("strainwatch.alerts")
@@ -42,7 +43,9 @@ def outcome_runner() -> OutcomeRunner | None:
 def ensure_state_topic(bootstrap: str) -> None:
     """Create alerts.state.v1 (compacted) with alerts.break.v1's partition count, if missing.
     Raises KafkaError while the broker is unreachable (the caller backs off)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, **kafka_python_security(), request_timeout_ms=10_000
+    )
     try:
         if ALERTS_STATE.name in set(admin.list_topics()):
             return

@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from strainwatch.kafka_clients import aiokafka_security
+
 
 async def read_to_end(bootstrap: str, topic: str, partitions: set[int]) -> AsyncIterator[tuple[int, bytes]]:
     """(partition, value) of every record of these partitions up to their current end; records
     without a value (tombstones) are skipped."""
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, **aiokafka_security(), enable_auto_commit=False)
     await reader.start()
     try:
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]

@@ -161,6 +161,7 @@ def _simulate_mqtt(
         host=host or settings.mqtt_host,
         port=port or settings.mqtt_port,
         tls=settings.mqtt_tls,
+        ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
     )
     passwords = {w.device_id: device_password(w.device_id) for w in sim.workers}
     try:

@@ -57,6 +57,7 @@ class MqttTarget:
     host: str = "127.0.0.1"
     port: int = 11883
     tls: bool = False
+    ca_file: str | None = None  # with tls: the CA that signed the broker's certificate (else system CAs)
     keepalive_s: int = 30
 
 
@@ -117,7 +118,7 @@ class SimDevice:
         )
         client.username_pw_set(device_id, password)
         if fleet.target.tls:
-            client.tls_set()
+            client.tls_set(ca_certs=fleet.target.ca_file)
         client.max_inflight_messages_set(100)
         client.on_connect = _on_connect
         client.on_subscribe = _on_subscribe

@@ -29,6 +29,7 @@ def run(
         password=s.mqtt_password.get_secret_value(),
         client_id=s.mqtt_client_id,
         tls=s.mqtt_tls,
+        ca_file=str(s.mqtt_ca_file) if s.mqtt_ca_file else None,
     )
     gateway = Gateway(bootstrap or s.kafka_bootstrap, mqtt)
 

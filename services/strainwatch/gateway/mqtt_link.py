@@ -44,6 +44,7 @@ class MqttSettings:
     password: str
     client_id: str
     tls: bool = False
+    ca_file: str | None = None  # with tls: the CA that signed the broker's certificate (else system CAs)
     keepalive_s: int = 30
 
 
@@ -74,7 +75,7 @@ class MqttLink:
         )
         client.username_pw_set(settings.username, settings.password)
         if settings.tls:
-            client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set(ca_certs=settings.ca_file, cert_reqs=ssl.CERT_REQUIRED)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         # unacknowledged outgoing QoS 1 commands per connection; beyond it paho queues them
         client.max_inflight_messages_set(100)

@@ -38,6 +38,7 @@ from strainwatch.gateway.routing import (
     route_ack,
     route_frame,
 )
+from strainwatch.kafka_clients import aiokafka_security
 from strainwatch.logs import RateLimitedLog
 from strainwatch.topics import DEVICE_COMMANDS, ROSTER
 
@@ -179,6 +180,7 @@ class Gateway:
     async def _start_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
+            **aiokafka_security(),
             acks="all",
             enable_idempotence=get_settings().kafka_idempotence,
             linger_ms=5,
@@ -197,6 +199,7 @@ class Gateway:
         consumer = AIOKafkaConsumer(
             ROSTER.name,
             bootstrap_servers=self.bootstrap,
+            **aiokafka_security(),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -218,6 +221,7 @@ class Gateway:
         consumer = AIOKafkaConsumer(
             DEVICE_COMMANDS.name,
             bootstrap_servers=self.bootstrap,
+            **aiokafka_security(),
             group_id=COMMANDS_GROUP,
             enable_auto_commit=False,
             auto_offset_reset="earliest",  # stale ones are dropped by age, not missed by a race

@@ -293,7 +293,7 @@ class IncidentStore:
                 f"{self.url}/ping", headers={"Authorization": f"Token {self.token}"}
             )
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
+                with urllib.request.urlopen(request, timeout=self.timeout_s, context=self.ql.context) as resp:
                     version = resp.headers.get("X-Influxdb-Version", "")
             except urllib.error.HTTPError as error:
                 version = error.headers.get("X-Influxdb-Version", "") if error.headers else ""
@@ -352,7 +352,7 @@ class IncidentStore:
 
     def _send(self, request: urllib.request.Request, what: str) -> dict[str, Any] | None:
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=self.ql.context) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as error:
             raise IncidentStoreError(f"{what}: HTTP {error.code}: {error.read()[:500]!r}") from error

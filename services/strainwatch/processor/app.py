@@ -29,6 +29,7 @@ from faust.types import TP
 from strainwatch.config import Settings
 from strainwatch.events import RosterEntry
 from strainwatch.exposure import ExposureEngine, load_thresholds
+from strainwatch.kafka_clients import faust_credentials
 from strainwatch.logs import RateLimitedLog
 from strainwatch.processor.broker_reads import RangeAbandoned, RangeReader, start_positions
 from strainwatch.processor.checkpoint import Checkpointer
@@ -90,6 +91,7 @@ class Processor:
         self.app = faust.App(
             settings.processor_group,
             broker=brokers,
+            broker_credentials=faust_credentials(settings),  # TLS/SASL (kafka_clients.py)
             store="memory://",
             key_serializer="raw",
             value_serializer="raw",

@@ -14,6 +14,8 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from strainwatch.kafka_clients import aiokafka_security
+
 log = structlog.get_logger("strainwatch.processor")
 
 
@@ -28,13 +30,15 @@ async def start_positions(bootstrap: str, group: str, topic: str, partitions: li
     tps = [TopicPartition(topic, p) for p in partitions]
     # an OffsetFetch for the group through the admin client: it does not join the group (a
     # consumer's committed() needs a subscription, which would)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **aiokafka_security())
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group, partitions=tps)
     finally:
         await admin.close()
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, **aiokafka_security(), group_id=None, enable_auto_commit=False
+    )
     await reader.start()
     try:
         starts = await reader.beginning_offsets(tps)
@@ -70,6 +74,7 @@ class RangeReader:
         if self._reader is None:
             reader = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap,
+                **aiokafka_security(),
                 group_id=None,
                 enable_auto_commit=False,
                 # an offset already deleted by retention resumes at the log start, never at the end

@@ -24,6 +24,7 @@ from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 
 from strainwatch.logs import RateLimitedLog
 from strainwatch.storage.measurements import EXPOSURE, WINDOWS_RP
+from strainwatch.tls import influx_ca_file
 
 _WINDOW_PREFIX = EXPOSURE + ","  # exactly the `exposure` measurement, not `exposure_hourly`
 
@@ -80,8 +81,14 @@ class InfluxSink:
 
     def _api(self) -> InfluxDBClientAsync:
         if self._client is None:
+            # https: verified against STRAINWATCH_INFLUX_CA_FILE or the system's CAs (docs/security.md)
             self._client = InfluxDBClientAsync(
-                url=self.url, token=self._token, org=self.org, timeout=self._timeout_ms
+                url=self.url,
+                token=self._token,
+                org=self.org,
+                timeout=self._timeout_ms,
+                verify_ssl=True,
+                ssl_ca_cert=influx_ca_file(),
             )
         return self._client
 

@@ -15,6 +15,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
+from strainwatch.kafka_clients import kafka_python_security
 from strainwatch.stack.procs import StackError
 from strainwatch.topics import ALL_TOPICS, partitions_for, required_max_message_bytes
 
@@ -28,7 +29,9 @@ def admin_client(bootstrap: str, timeout_s: float = 30.0) -> KafkaAdminClient:
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+            return KafkaAdminClient(
+                bootstrap_servers=bootstrap, **kafka_python_security(), request_timeout_ms=10_000
+            )
         except KafkaError as error:  # broker still starting
             last = error
             time.sleep(0.2)

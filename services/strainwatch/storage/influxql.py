@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from strainwatch.storage.measurements import BREAK_ACK, BREAK_ALERT, BREAK_PROMPT, EXPOSURE, source
+from strainwatch.tls import describe_tls_error, influx_ssl_context
 
 
 class InfluxQLError(RuntimeError):
@@ -21,11 +22,15 @@ class InfluxQLError(RuntimeError):
 
 
 class InfluxQL:
-    def __init__(self, url: str, token: str, database: str, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, token: str, database: str, timeout_s: float = 30.0, *, ca_file: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.database = database
         self.timeout_s = timeout_s
+        # https: verified against STRAINWATCH_INFLUX_CA_FILE (or the system's CAs), docs/security.md
+        self.context = influx_ssl_context(ca_file) if self.url.startswith("https:") else None
 
     def query(self, q: str) -> list[dict[str, Any]]:
         """Run one statement; returns its series (name, tags, columns, values), raising on any error."""
@@ -34,12 +39,13 @@ class InfluxQL:
             f"{self.url}/query?{params}", headers={"Authorization": f"Token {self.token}"}
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=self.context) as resp:
                 body = orjson.loads(resp.read())
         except urllib.error.HTTPError as error:
             raise InfluxQLError(f"InfluxQL HTTP {error.code}: {error.read()[:500]!r}") from error
         except OSError as error:
-            raise InfluxQLError(f"InfluxDB unreachable at {self.url}: {error}") from error
+            untrusted = describe_tls_error(self.url, error)
+            raise InfluxQLError(untrusted or f"InfluxDB unreachable at {self.url}: {error}") from error
         if "error" in body:
             raise InfluxQLError(str(body["error"]))
         results = body.get("results") or [{}]
