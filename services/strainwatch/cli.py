@@ -44,6 +44,7 @@ def _register() -> None:
     from strainwatch.fleet.cli import register as register_fleet
     from strainwatch.gateway.cli import register as register_gateway
     from strainwatch.incidents.cli import register as register_incidents
+    from strainwatch.privacy.cli import register as register_privacy
     from strainwatch.processor.cli import register as register_processor
     from strainwatch.reports.cli import register as register_reports
     from strainwatch.schemas_cli import register as register_schemas
@@ -61,6 +62,7 @@ def _register() -> None:
         register_incidents,
         register_reports,
         register_dashboards,
+        register_privacy,
     ):
         register(app)
 

@@ -206,7 +206,9 @@ def run_demo(
         "STRAINWATCH_POSTURE_PARTITIONS": str(stack_cfg.posture_partitions),
         "STRAINWATCH_MQTT_PORT": str(stack_cfg.mqtt_port),
         # Tansu has no idempotent producers (InitProducerId fails); duplicates are deduplicated downstream
-        "STRAINWATCH_KAFKA_IDEMPOTENCE": "false" if stack_cfg.broker == "tansu" else "true",
+        "STRAINWATCH_KAFKA_IDEMPOTENCE": (
+            "false" if stack_cfg.broker == "tansu" and not stack_cfg.own_kafka_bootstrap else "true"
+        ),
         "STRAINWATCH_MQTT_PASSWORD": stack_cfg.mqtt_gateway_password,
         "STRAINWATCH_CHANNELS_FILE": str(channels_file(state_dir / "demo-channels.yaml", site, webhook_port)),
         "STRAINWATCH_LOG_FORMAT": "json",

@@ -20,6 +20,7 @@ from strainwatch.events import (
     PromptDecision,
     RosterEntry,
 )
+from strainwatch.privacy.request import ErasureRequest
 
 DAY_MS = 86_400_000
 
@@ -123,6 +124,17 @@ ALERTS_OUTCOMES_STATE = TopicSpec(
     compacted=True,
 )
 INTERNAL_TOPICS: tuple[TopicSpec, ...] = (ALERTS_STATE, ALERTS_OUTCOMES_STATE)
+# Erasure requests (`strainwatch privacy erase`), keyed by worker and co-partitioned with the posture
+# topic, so the processor instance that owns a worker also reads its erasure. Internal like the state
+# topics, but created with the public topics (`stack topics`): the processor subscribes to it.
+PRIVACY_ERASURES = TopicSpec(
+    "privacy.erasures.v1",
+    ErasureRequest,
+    "worker_id",
+    "erasure requests: services drop the worker's state (docs/privacy.md)",
+    30 * DAY_MS,
+)
+PRIVACY_TOPICS: tuple[TopicSpec, ...] = (PRIVACY_ERASURES,)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     POSTURE_EVENTS,

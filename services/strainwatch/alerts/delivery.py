@@ -49,6 +49,7 @@ from strainwatch.events import (
 from strainwatch.exposure.thresholds import load_thresholds
 from strainwatch.kafka_clients import aiokafka_security
 from strainwatch.logs import RateLimitedLog
+from strainwatch.privacy.services import INBOX, worker_digest
 from strainwatch.processor.sink import InfluxSink, SinkStopped
 from strainwatch.storage.measurements import break_prompt_line
 from strainwatch.topics import (
@@ -152,6 +153,7 @@ class DeliveryService:
         self._errors = RateLimitedLog(log, interval_s=10.0)
         self._assigned: set[int] = set()
         self._restored_partitions: set[int] = set()  # assigned partitions whose state is in memory
+        INBOX.subscribe("delivery")  # erased workers (strainwatch privacy erase)
         self._posture: AIOKafkaConsumer | None = None
 
     # ---- the loop -------------------------------------------------------------------------
@@ -258,6 +260,7 @@ class DeliveryService:
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, batches: dict[TopicPartition, list[Any]]
     ) -> None:
         await self._restore_missing()
+        await self._erase(producer)
         outcomes: list[_Outcome] = []
         offsets: dict[TopicPartition, int] = {}
         for tp, records in batches.items():
@@ -280,6 +283,21 @@ class DeliveryService:
                 await consumer.commit(offsets)
             except KafkaError as error:  # rebalanced meanwhile: the new owner restores our state
                 log.warning("commit refused", error=str(error)[:300])
+
+    async def _erase(self, producer: AIOKafkaProducer) -> None:
+        """Erased workers (privacy/services.py): forgotten, their state record tombstoned, before
+        this batch decides anything, so no later persist brings their state back."""
+        for worker in INBOX.take("delivery"):
+            partition = self.book.partition_of.pop(worker, None)
+            self.book.states.pop(worker, None)
+            self.book.dirty.discard(worker)
+            self._late = [(w, d) for w, d in self._late if w != worker]
+            if partition is not None:
+                tombstone = await producer.send(
+                    ALERTS_STATE.name, key=worker.encode(), value=None, partition=partition
+                )
+                await tombstone
+            log.info("erasure applied", service="delivery", worker_digest=worker_digest(worker))
 
     # ---- decide ---------------------------------------------------------------------------
     def _decide(self, raw: bytes | None, partition: int) -> _Outcome | None:

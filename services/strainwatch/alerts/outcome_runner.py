@@ -39,6 +39,7 @@ from strainwatch.config import Settings
 from strainwatch.events import BreakAck, ExposureWindow, PromptDecision
 from strainwatch.kafka_clients import aiokafka_security, kafka_python_security
 from strainwatch.logs import RateLimitedLog
+from strainwatch.privacy.services import INBOX, worker_digest
 from strainwatch.processor.sink import InfluxSink, SinkStopped
 from strainwatch.storage.measurements import break_ack_line
 from strainwatch.topics import ALERTS_ACK, ALERTS_OUTCOMES_STATE, ALERTS_PROMPTS, EXPOSURE_WINDOWS
@@ -124,6 +125,7 @@ class OutcomeRunner:
         self.lock = asyncio.Lock()
         self.published = 0
         self.bad_records = 0
+        INBOX.subscribe("outcomes")  # erased workers (strainwatch privacy erase)
 
     async def run(self) -> None:
         backoff = 0.5
@@ -199,6 +201,7 @@ class OutcomeRunner:
     ) -> None:
         offsets: dict[TopicPartition, int] = {}
         async with self.lock:
+            await self._erase(producer)
             outcomes: list[OutcomeRecord] = []
             for tp in sorted(batches, key=lambda tp: (TOPIC_ORDER.get(tp.topic, 9), tp.partition)):
                 for record in batches[tp]:
@@ -217,6 +220,19 @@ class OutcomeRunner:
                 await consumer.commit(offsets)
             except KafkaError as error:  # rebalanced meanwhile: the new owner restores our state
                 log.warning("commit refused", error=str(error)[:300])
+
+    async def _erase(self, producer: AIOKafkaProducer) -> None:
+        """Erased workers (privacy/services.py): forgotten and their state record tombstoned before
+        the batch, so no later persist brings their state back."""
+        for worker in INBOX.take("outcomes"):
+            self.tracker.forget([worker])
+            partition = self.partition_of.pop(worker, None)
+            if partition is not None:
+                tombstone = await producer.send(
+                    self.state_topic, key=worker.encode(), value=None, partition=partition
+                )
+                await tombstone
+            log.info("erasure applied", service="outcomes", worker_digest=worker_digest(worker))
 
     def _feed(self, tp: TopicPartition, raw: bytes | None) -> list[OutcomeRecord]:
         try:

@@ -19,6 +19,7 @@ from strainwatch.alerts.channels import ChannelsConfig
 from strainwatch.alerts.delivery import DeliveryService
 from strainwatch.config import Settings
 from strainwatch.kafka_clients import kafka_python_security
+from strainwatch.privacy.services import follow_erasures
 from strainwatch.topics import ALERTS_BREAK, ALERTS_STATE
 
 log = structlog.get_logger("strainwatch.alerts")
@@ -121,6 +122,8 @@ async def run_service(
     if not await _ensure_state_topic(settings, stop):
         return
     tasks = [asyncio.create_task(DeliveryService(settings, config, stop).run(), name="delivery")]
+    # erasure requests: delivery and outcomes forget the worker (privacy/services.py)
+    tasks.append(asyncio.create_task(follow_erasures(settings, stop), name="privacy-erasures"))
     if webhook_bind:
         from strainwatch.alerts.grafana_webhook import GrafanaWebhook, serve
 

@@ -12,8 +12,9 @@ from strainwatch.kafka_clients import aiokafka_security
 
 
 async def read_to_end(bootstrap: str, topic: str, partitions: set[int]) -> AsyncIterator[tuple[int, bytes]]:
-    """(partition, value) of every record of these partitions up to their current end; records
-    without a value (tombstones) are skipped."""
+    """(partition, value) of each key's latest record in these partitions up to their current end,
+    as compaction would leave it: a key whose latest record is a tombstone (an erased worker,
+    docs/privacy.md) yields nothing, even while compaction has not yet removed its older records."""
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, **aiokafka_security(), enable_auto_commit=False)
     await reader.start()
     try:
@@ -23,12 +24,16 @@ async def read_to_end(bootstrap: str, topic: str, partitions: set[int]) -> Async
         ends = await reader.end_offsets(tps)
         # ends on the position, not on a record count: compaction leaves holes in the offsets
         waiting = {tp for tp in tps if ends[tp] > 0}
+        latest: dict[tuple[int, bytes | None], bytes | None] = {}
         while waiting:
             batches = await reader.getmany(*waiting, timeout_ms=500)
             for tp, records in batches.items():
                 for record in records:
-                    if record.value is not None:
-                        yield tp.partition, record.value
+                    latest.pop((tp.partition, record.key), None)  # keeps the dict in offset order
+                    latest[(tp.partition, record.key)] = record.value
             waiting = {tp for tp in waiting if await reader.position(tp) < ends[tp]}
+        for (partition, _), value in latest.items():
+            if value is not None:
+                yield partition, value
     finally:
         await reader.stop()

@@ -31,6 +31,7 @@ from strainwatch.events import RosterEntry
 from strainwatch.exposure import ExposureEngine, load_thresholds
 from strainwatch.kafka_clients import faust_credentials
 from strainwatch.logs import RateLimitedLog
+from strainwatch.privacy.services import forget_in_processor
 from strainwatch.processor.broker_reads import RangeAbandoned, RangeReader, start_positions
 from strainwatch.processor.checkpoint import Checkpointer
 from strainwatch.processor.positions import PartitionPositions
@@ -38,7 +39,14 @@ from strainwatch.processor.record import WorkerRecord
 from strainwatch.processor.runtime import Runtime, RuntimeConfig
 from strainwatch.processor.sink import InfluxSink, SinkStopped
 from strainwatch.storage.health import HealthPoints
-from strainwatch.topics import ALERTS_BREAK, EXPOSURE_WINDOWS, POSTURE_DEADLETTER, POSTURE_EVENTS, ROSTER
+from strainwatch.topics import (
+    ALERTS_BREAK,
+    EXPOSURE_WINDOWS,
+    POSTURE_DEADLETTER,
+    POSTURE_EVENTS,
+    PRIVACY_ERASURES,
+    ROSTER,
+)
 
 log = structlog.get_logger("strainwatch.processor")
 
@@ -139,6 +147,8 @@ class Processor:
         )
         self.table.on_recover(self._on_table_recovered)
         self.roster_topic = self.app.topic(ROSTER.name, key_serializer="raw", value_serializer="raw")
+        # erasure requests (strainwatch privacy erase), co-partitioned with the posture topic
+        self.erasures = self.app.topic(PRIVACY_ERASURES.name, key_serializer="raw", value_serializer="raw")
         # roster.v1 is keyed by worker id with the posture topic's partition count, so the instance
         # that scores a worker also owns its roster entry; the table survives restarts
         self.roster = self.app.Table(
@@ -421,6 +431,10 @@ class Processor:
         @app.agent(self.roster_topic, name="roster")
         async def roster(stream: faust.StreamT) -> None:
             async for event in stream.events():
+                if event.message.value is None:  # a tombstone: the worker left the roster (or was erased)
+                    if event.message.key is not None and event.message.key in self.roster:
+                        del self.roster[event.message.key]
+                    continue
                 try:
                     entry = RosterEntry.model_validate_json(event.message.value)
                 except ValueError as error:
@@ -431,6 +445,11 @@ class Processor:
                 value = entry.team + (ROSTER_SEPARATOR + entry.task if entry.task else "")
                 self.roster[entry.worker_id.encode()] = value.encode()
                 self.runtime.set_team(entry.worker_id, entry.team, entry.task)
+
+        @app.agent(self.erasures, name="privacy-erasures")
+        async def erasures(stream: faust.StreamT) -> None:
+            async for event in stream.events():
+                await forget_in_processor(self, event.message.key)
 
         @app.timer(interval=min(1.0, interval))
         async def tick() -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.parse
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -12,9 +10,9 @@ from typing import Any, Literal
 import structlog
 
 from strainwatch.stack import components, mosquitto
+from strainwatch.stack.influx_setup import InfluxServer, create_database, detect, provision
 from strainwatch.stack.procs import Proc, StackError, alive, require_free, stop
-from strainwatch.stack.topics import ensure_topics
-from strainwatch.storage.measurements import WINDOWS_RP
+from strainwatch.stack.topics import ensure_reachable, ensure_topics
 
 log = structlog.get_logger("strainwatch.stack")
 
@@ -36,21 +34,52 @@ class StackConfig:
     retention_days: int = 1825
     mqtt_port: int = 11883
     mqtt_gateway_password: str = "strainwatch-local-mqtt"
+    # The site's own servers (STRAINWATCH_INFLUX_URL / STRAINWATCH_KAFKA_BOOTSTRAP set to something
+    # other than the local stack's address): used as they are, nothing local started in their place.
+    own_influx_url: str | None = None
+    own_kafka_bootstrap: str | None = None
+    influx_token: str = ""
+    influx_token_error: str | None = None  # the token setting cannot be used with this URL
+    influx_org: str = "strainwatch"
+    influx_windows_bucket: str | None = None
 
     @property
-    def bootstrap(self) -> str:
+    def local_bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
 
     @property
-    def influx_url(self) -> str:
+    def local_influx_url(self) -> str:
         return f"http://127.0.0.1:{self.influx_port}"
+
+    @property
+    def bootstrap(self) -> str:
+        return self.own_kafka_bootstrap or self.local_bootstrap
+
+    @property
+    def influx_url(self) -> str:
+        return self.own_influx_url or self.local_influx_url
 
     @classmethod
     def from_settings(cls, broker: Broker | None = None) -> StackConfig:
         from strainwatch.config import get_settings
 
         s = get_settings()
+        local_influx = f"http://127.0.0.1:{s.influx_port}"
+        own_influx = s.influx_url.rstrip("/") if "influx_url" in s.model_fields_set else None
+        if own_influx in (local_influx, f"http://localhost:{s.influx_port}"):
+            own_influx = None
+        own_kafka = s.kafka_bootstrap if "kafka_bootstrap" in s.model_fields_set else None
+        if own_kafka in (f"127.0.0.1:{s.kafka_port}", f"localhost:{s.kafka_port}"):
+            own_kafka = None
+        token, token_error = _token(s)
         return cls(
+            own_influx_url=own_influx,
+            own_kafka_bootstrap=own_kafka,
+            # the token is read only where it is sent: the local stack's default is refused elsewhere
+            influx_token=token,
+            influx_token_error=token_error,
+            influx_org=s.influx_org,
+            influx_windows_bucket=s.influx_windows_bucket or None,
             state_dir=s.state_dir,
             broker=broker or s.broker,
             kafka_port=s.kafka_port,
@@ -65,6 +94,14 @@ class StackConfig:
             mqtt_port=s.mqtt_port,
             mqtt_gateway_password=s.mqtt_password.get_secret_value(),
         )
+
+
+def _token(settings: Any) -> tuple[str, str | None]:
+    """(token, None), or ("", why not) when the token setting cannot be used with the URL."""
+    try:
+        return str(settings.influx_token.get_secret_value()), None
+    except ValueError as error:  # config.ConfigError: the local stack's token with a remote URL
+        return "", str(error)
 
 
 class Stack:
@@ -100,21 +137,32 @@ class Stack:
             raise StackError(
                 f"a {running} broker is already running in {cfg.state_dir}; `strainwatch stack down` first"
             )
+        if cfg.influx_token_error:
+            raise StackError(cfg.influx_token_error)
+        database: dict[str, Any] | None = None
+        if cfg.own_influx_url:
+            # before anything local starts: unreachable, a refused token or a 3.x are reported as is
+            server = detect(cfg.own_influx_url, cfg.influx_token)
+            log.info("using the site's InfluxDB", url=cfg.own_influx_url, version=server.version)
+            database = self._provision(server)
+        if cfg.own_kafka_bootstrap:
+            ensure_reachable(cfg.own_kafka_bootstrap)
+            log.info("using the site's Kafka", bootstrap=cfg.own_kafka_bootstrap)
         try:
-            if "influxd" not in procs:
+            if "influxd" not in procs and not cfg.own_influx_url:
                 require_free(cfg.influxd_port, "influxd")
                 require_free(cfg.influxd_port + 1, "influxd's RPC service")
                 procs["influxd"] = components.start_influxd(
                     cfg.state_dir, cfg.influxd_port, cfg.influxd_port + 1
                 )
                 self._save(procs, cfg.broker)
-            if "influx-adapter" not in procs:
+            if "influx-adapter" not in procs and not cfg.own_influx_url:
                 require_free(cfg.influx_port, "the InfluxDB route adapter")
                 procs["influx-adapter"] = components.start_adapter(
                     cfg.state_dir, cfg.influx_port, cfg.influxd_port
                 )
                 self._save(procs, cfg.broker)
-            if "broker" not in procs:
+            if "broker" not in procs and not cfg.own_kafka_bootstrap:
                 require_free(cfg.kafka_port, f"the {cfg.broker} broker")
                 if cfg.broker == "kafka":
                     require_free(cfg.kafka_controller_port, "the Kafka controller")
@@ -136,15 +184,29 @@ class Stack:
         topics = ensure_topics(
             cfg.bootstrap, cfg.posture_partitions, int(cfg.raw_retention_days * 86_400_000)
         )
-        create_database(cfg.influx_url, cfg.influx_bucket, cfg.windows_retention_days, cfg.retention_days)
+        if database is None:
+            database = self._provision(detect(cfg.influx_url, cfg.influx_token))
         log.info("stack up", broker=cfg.broker, bootstrap=cfg.bootstrap, influx_url=cfg.influx_url)
         return {
-            "broker": cfg.broker,
+            "broker": "site" if cfg.own_kafka_bootstrap else cfg.broker,
+            "started": sorted(procs),
+            "influx": database,
             "bootstrap": cfg.bootstrap,
             "influx_url": cfg.influx_url,
             "mqtt": f"127.0.0.1:{cfg.mqtt_port}",
             "topics": topics,
         }
+
+    def _provision(self, server: InfluxServer) -> dict[str, Any]:
+        cfg = self.config
+        return provision(
+            server,
+            org=cfg.influx_org,
+            bucket=cfg.influx_bucket,
+            windows_bucket=cfg.influx_windows_bucket,
+            windows_retention_days=cfg.windows_retention_days,
+            retention_days=cfg.retention_days,
+        )
 
     def status(self) -> dict[str, object]:
         procs = self._load()
@@ -179,38 +241,4 @@ class Stack:
         return bool(procs) and all(alive(p) for p in procs.values())
 
 
-def create_database(
-    influx_url: str, database: str, windows_retention_days: int = 35, retention_days: int = 1825
-) -> None:
-    """The local InfluxDB 1.x database and its two retention policies (a 2.x site provisions
-    buckets and DBRP mappings instead: docs/deploy.md):
-
-    - `autogen` (the default): everything but the 10-second windows, kept `retention_days`
-      (0 = forever): hourly rollups, alerts, prompts, outcomes, incidents, pipeline health;
-    - `windows`: the 10-second `exposure` windows, kept `windows_retention_days`.
-    """
-    _influxql(influx_url, f'CREATE DATABASE "{database}"', f"creating database {database}")
-    existing = _influxql(influx_url, f'SHOW RETENTION POLICIES ON "{database}"', "reading retention")
-    names = {row[0] for series in existing for row in series.get("values") or []}
-    for name, days in (("autogen", retention_days), (WINDOWS_RP, windows_retention_days)):
-        duration = f"{int(days)}d" if days else "INF"
-        verb = "ALTER" if name in names else "CREATE"
-        _influxql(
-            influx_url,
-            f'{verb} RETENTION POLICY "{name}" ON "{database}" DURATION {duration} REPLICATION 1',
-            f"setting retention {name} of {database}",
-        )
-
-
-def _influxql(influx_url: str, statement: str, what: str) -> list[dict[str, Any]]:
-    data = urllib.parse.urlencode({"q": statement}).encode()
-    try:
-        with urllib.request.urlopen(f"{influx_url}/query", data=data, timeout=10) as resp:
-            body = json.loads(resp.read())
-    except OSError as error:
-        raise StackError(f"{what} at {influx_url}: {error}") from error
-    results = body.get("results", [])
-    errors = [r.get("error") for r in results if r.get("error")]
-    if errors:
-        raise StackError(f"{what}: {errors[0]}")
-    return list(results[0].get("series") or []) if results else []
+__all__ = ["Stack", "StackConfig", "create_database"]

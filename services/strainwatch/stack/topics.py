@@ -17,7 +17,7 @@ from kafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsErr
 
 from strainwatch.kafka_clients import kafka_python_security
 from strainwatch.stack.procs import StackError
-from strainwatch.topics import ALL_TOPICS, partitions_for, required_max_message_bytes
+from strainwatch.topics import ALL_TOPICS, PRIVACY_TOPICS, partitions_for, required_max_message_bytes
 
 log = structlog.get_logger("strainwatch.stack")
 
@@ -38,6 +38,14 @@ def admin_client(bootstrap: str, timeout_s: float = 30.0) -> KafkaAdminClient:
     raise StackError(f"no Kafka broker answers at {bootstrap}: {last}")
 
 
+def ensure_reachable(bootstrap: str, timeout_s: float = 15.0) -> None:
+    """The site's own broker (STRAINWATCH_KAFKA_BOOTSTRAP) answers; the stack starts none instead."""
+    try:
+        admin_client(bootstrap, timeout_s).close()
+    except StackError as error:
+        raise StackError(f"STRAINWATCH_KAFKA_BOOTSTRAP={bootstrap}: {error}") from None
+
+
 def ensure_topics(
     bootstrap: str, posture_partitions: int, raw_retention_ms: int | None = None
 ) -> dict[str, int]:
@@ -52,12 +60,12 @@ def ensure_topics(
         except ValueError as error:
             raise StackError(str(error)) from None
         wanted = []
-        for spec in ALL_TOPICS:
+        for spec in (*ALL_TOPICS, *PRIVACY_TOPICS):
             if spec.name in existing:
                 continue
             retention = raw_retention_ms if spec.name == "posture.events.v1" else None
             config = spec.config(retention)
-            config[MAX_MESSAGE_BYTES] = str(required[spec.name])
+            config[MAX_MESSAGE_BYTES] = str(required.get(spec.name, spec.max_message_bytes))
             wanted.append(
                 NewTopic(
                     name=spec.name,
@@ -72,7 +80,7 @@ def ensure_topics(
                 admin.create_topics(wanted, timeout_ms=30_000)
         if current:
             _raise_limits(admin, current, required)
-        return describe(admin, [spec.name for spec in ALL_TOPICS])
+        return describe(admin, [spec.name for spec in (*ALL_TOPICS, *PRIVACY_TOPICS)])
     finally:
         admin.close()
 

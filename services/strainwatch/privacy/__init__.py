@@ -1,0 +1,1 @@
+"""Privacy operations: erasing one pseudonym's data (`strainwatch privacy erase`), docs/privacy.md."""
