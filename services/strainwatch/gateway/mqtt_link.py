@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ class Incoming:
     mid: int
     qos: int
     connection: int  # which connection delivered it (see module doc)
+    received: float = 0.0  # time.monotonic() when paho handed it over (end-to-end delay, age)
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,9 @@ class MqttLink:
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         with self._lock:
             connection = self._connection
-        incoming = Incoming(message.topic, bytes(message.payload), message.mid, message.qos, connection)
+        incoming = Incoming(
+            message.topic, bytes(message.payload), message.mid, message.qos, connection, time.monotonic()
+        )
         self._loop.call_soon_threadsafe(self._deliver, incoming)
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _reason: Any, _p: Any) -> None:

@@ -15,13 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    CommitFailedError,
+    InvalidProducerEpoch,
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from strainwatch.config import get_settings
 from strainwatch.gateway.mqtt_link import Incoming, MqttLink, MqttSettings
@@ -40,7 +52,10 @@ from strainwatch.gateway.routing import (
 )
 from strainwatch.kafka_clients import aiokafka_security
 from strainwatch.logs import RateLimitedLog
-from strainwatch.topics import DEVICE_COMMANDS, ROSTER
+from strainwatch.ops.metrics import ServiceMetrics
+from strainwatch.ops.readiness import Readiness
+from strainwatch.ops.retry import OutageLog, RetryPolicy, RetryStopped, describe
+from strainwatch.topics import DEVICE_COMMANDS, POSTURE_DEADLETTER, ROSTER
 
 log = structlog.get_logger("strainwatch.gateway")
 
@@ -51,14 +66,49 @@ BACKOFF_MAX_S = 10.0
 # redeliveries after a restart); the whole stop stays well within 30 s
 DRAIN_S = 5.0
 CLOSE_TIMEOUT_S = 5.0
+# Kafka's state for /readyz: a request to the broker every PROBE_INTERVAL_S (a consumer's fetches
+# and a producer's sends do not fail at once while the broker is gone)
+PROBE_INTERVAL_S = 2.0
+PROBE_TIMEOUT_S = 5.0
+# the retry policy of every Kafka call (ops/retry.py: tenacity, exponential, capped, outage logged
+# once, a reminder at most every 60 s, its end once)
+KAFKA_RETRY = RetryPolicy(initial_s=BACKOFF_START_S, cap_s=BACKOFF_MAX_S)
+# readiness checks: Kafka reachable (producer ready), MQTT connected, roster read to its end
+# An idempotent producer cannot send again after these (measured: after a minute without Kafka,
+# batches that expired unsent leave gaps in its sequence numbers and every later batch is refused
+# with OutOfOrderSequenceNumber): a new producer (a new producer id) takes over. Records the old
+# one got acknowledged are not sent again; the ones it lost never reached a partition.
+PRODUCER_BROKEN = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+    ProducerClosed,
+)
+CHECKS = ("kafka", "mqtt", "roster")
 
 T = TypeVar("T")
 
 
 class Gateway:
     def __init__(
-        self, bootstrap: str, mqtt: MqttSettings, clock: Callable[[], datetime] | None = None
+        self,
+        bootstrap: str,
+        mqtt: MqttSettings,
+        clock: Callable[[], datetime] | None = None,
+        *,
+        readiness: Readiness | None = None,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
+        self.readiness = readiness if readiness is not None else Readiness()
+        for check in CHECKS:
+            self.readiness.expect(check)
+        self.metrics = metrics if metrics is not None else ServiceMetrics("gateway")
+        self._kafka_outage = OutageLog(log, "kafka")
+        self._send_failing = 0  # forwards whose last attempt failed (Kafka not ready for them)
+        self._seq = itertools.count()
+        self._inflight: dict[int, float] = {}  # frames waiting for Kafka: token -> received (monotonic)
+        self.metrics.read_checkpoint_age(self._oldest_inflight_age)
         self.bootstrap = bootstrap
         self.mqtt_settings = mqtt
         self.bindings = Bindings()
@@ -68,6 +118,7 @@ class Gateway:
         self._forwarding: set[asyncio.Task[None]] = set()
         self._warn = RateLimitedLog(log, interval_s=60.0)
         self._producer: AIOKafkaProducer | None = None
+        self._producer_lock = asyncio.Lock()
         self._link: MqttLink | None = None
         self.counters: dict[str, int] = {
             "frames": 0,
@@ -97,6 +148,7 @@ class Gateway:
         try:
             if not await self._read_roster_to_end(roster):
                 return
+            self.readiness.set("roster", True, f"{len(self.bindings)} bound devices")
             log.info("roster read", bound_devices=len(self.bindings))
             self._link = MqttLink(
                 self.mqtt_settings,
@@ -112,6 +164,7 @@ class Gateway:
                 asyncio.create_task(self._follow_roster(roster), name="roster"),
                 asyncio.create_task(self._dispatch(), name="dispatch"),
                 asyncio.create_task(self._relay_commands(commands), name="commands"),
+                asyncio.create_task(self._monitor(roster, commands), name="monitor"),
             ]
             log.info(
                 "gateway running",
@@ -120,7 +173,7 @@ class Gateway:
             )
             await self._stopping.wait()
         finally:
-            await self._shutdown(tasks, producer, roster, commands)
+            await self._shutdown(tasks, self._producer or producer, roster, commands)
 
     async def _shutdown(
         self,
@@ -130,6 +183,7 @@ class Gateway:
         commands: AIOKafkaConsumer | None,
     ) -> None:
         log.info("gateway stopping", in_flight=len(self._forwarding))
+        self.readiness.set("stopping", False, "SIGTERM: stopping")
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -157,25 +211,77 @@ class Gateway:
 
     async def _retry(self, what: str, start: Callable[[], Awaitable[T]]) -> T | None:
         """Start a Kafka client, backing off while the broker is unavailable; None when stopping."""
-        delay = BACKOFF_START_S
-        while not self._stopping.is_set():
-            try:
-                return await start()
-            except (KafkaError, OSError) as error:
-                self._warn.warning(
-                    f"start:{what}",
-                    "Kafka unavailable; retrying",
-                    client=what,
-                    bootstrap=self.bootstrap,
-                    error=str(error),
+        try:
+            return await KAFKA_RETRY.call(
+                start,
+                what="kafka",
+                logger=log,
+                stop=self._stopping,
+                retry_on=(KafkaError, OSError),
+                readiness=self.readiness,
+                check="kafka",
+                outage=self._kafka_outage,
+            )
+        except RetryStopped:
+            return None
+
+    async def _monitor(self, roster: AIOKafkaConsumer, commands: AIOKafkaConsumer) -> None:
+        """/readyz and the lag gauge: MQTT from the link; Kafka by asking the broker for the roster's
+        and the commands' end offsets (the commands' lag is their end minus the group's position)."""
+        while True:
+            link = self._link
+            if link is not None:
+                connected = link.connected
+                self.readiness.set(
+                    "mqtt", connected, "connected" if connected else "MQTT broker unreachable; reconnecting"
                 )
-            await self._sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
-        return None
+            try:
+                lag = await asyncio.wait_for(self._probe_kafka(roster, commands), PROBE_TIMEOUT_S)
+            except (KafkaError, OSError, TimeoutError) as error:
+                failure = error if str(error) else KafkaError("no answer from the broker")
+                self._kafka_outage.failure(failure)
+                self.readiness.set("kafka", False, f"broker unreachable: {describe(failure)}")
+            else:
+                self.metrics.consumer_lag.set(lag)
+                if self._send_failing:
+                    self.readiness.set("kafka", False, "records not acknowledged by Kafka; retrying")
+                else:
+                    self._kafka_outage.recovered()
+                    self.readiness.set("kafka", True, "producer ready")
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    async def _probe_kafka(self, roster: AIOKafkaConsumer, commands: AIOKafkaConsumer) -> int:
+        await roster.end_offsets(list(roster.assignment()))
+        tps = list(commands.assignment())
+        if not tps:
+            return 0
+        ends = await commands.end_offsets(tps)
+        lag = 0
+        for tp in tps:
+            lag += max(0, ends[tp] - await commands.position(tp))
+        return lag
+
+    def _oldest_inflight_age(self) -> float:
+        """checkpoint age: how long the oldest frame not yet acknowledged by Kafka has waited."""
+        if not self._inflight:
+            return 0.0
+        return max(0.0, time.monotonic() - min(self._inflight.values()))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _renew_producer(self, broken: AIOKafkaProducer, error: BaseException) -> None:
+        """Replace a producer that cannot send any more (PRODUCER_BROKEN), once for all senders."""
+        async with self._producer_lock:
+            if id(self._producer) != id(broken):
+                return  # another sender renewed it already
+            log.warning("kafka producer renewed", error=describe(error))
+            renewed = await self._retry("Kafka producer", self._start_producer)
+            if renewed is None:
+                return  # stopping
+            self._producer = renewed
+        await self._close(broken.stop())
 
     async def _start_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
@@ -275,15 +381,21 @@ class Gateway:
     async def _dispatch(self) -> None:
         while True:
             message = await self._incoming.get()
+            self.metrics.consumed.inc()
             try:
                 record = self._route(message)
             except Exception as error:  # never crash on data
                 self._warn.warning("route", "message could not be routed; dropped", error=repr(error))
+                self.metrics.dead_lettered("unroutable")
                 record = None
             if record is None:
                 self._ack(message)
                 continue
-            task = asyncio.create_task(self._forward(message, record))
+            if record.topic == POSTURE_DEADLETTER.name:
+                self.metrics.dead_lettered(_reason_of(record.value))
+            token = next(self._seq)
+            self._inflight[token] = message.received or time.monotonic()
+            task = asyncio.create_task(self._forward(message, record, token))
             self._forwarding.add(task)
             task.add_done_callback(self._forwarding.discard)
 
@@ -310,10 +422,18 @@ class Gateway:
 
     def _drop(self, key: str, detail: str) -> None:
         self.counters["dropped"] += 1
+        self.metrics.dead_lettered(f"dropped_{key.replace('-', '_')}")
         self._warn.warning(f"drop:{key}", "device message dropped", detail=detail[:300])
 
-    async def _forward(self, message: Incoming, record: KafkaRecord) -> None:
-        await self._send(record)
+    async def _forward(self, message: Incoming, record: KafkaRecord, token: int) -> None:
+        try:
+            stored = await self._send(record)
+        finally:
+            self._inflight.pop(token, None)
+        if stored:
+            self.metrics.processed.inc()
+            if message.received:  # device frame received from MQTT -> Kafka's acknowledgement
+                self.metrics.end_to_end_delay.observe(time.monotonic() - message.received)
         # acknowledged also when refused for good: redelivering it would fail the same way forever
         self._ack(message)
 
@@ -323,26 +443,50 @@ class Gateway:
 
     async def _send(self, record: KafkaRecord) -> bool:
         """Retries until Kafka acknowledges the record; False only if it is refused for good."""
-        assert self._producer is not None
-        delay = BACKOFF_START_S
-        while True:
-            try:
-                delivery = await self._producer.send(record.topic, record.value, key=record.key)
-                await delivery
-                return True
-            except MessageSizeTooLargeError as error:  # Mosquitto's max_packet_size keeps this away
-                log.error(
-                    "record refused by Kafka for its size; dropped", topic=record.topic, error=str(error)
-                )
-                return False
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # KafkaError, or a producer in a state it cannot send from
-                self._warn.warning(
-                    "send", "Kafka did not take a record; retrying", topic=record.topic, error=repr(error)
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
+        failing = False
+
+        async def attempt() -> None:
+            nonlocal failing
+            renewals = 0
+            while True:
+                producer = self._producer
+                assert producer is not None
+                try:
+                    delivery = await producer.send(record.topic, record.value, key=record.key)
+                    await delivery
+                    return
+                except (MessageSizeTooLargeError, asyncio.CancelledError):
+                    raise
+                except Exception as error:  # KafkaError, or a producer in a state it cannot send from
+                    self.metrics.sink_write_errors.inc()
+                    if not failing:
+                        failing = True
+                        self._send_failing += 1
+                    if isinstance(error, PRODUCER_BROKEN) and renewals < 3:
+                        # not an outage: the record goes again at once on a new producer
+                        renewals += 1
+                        await self._renew_producer(producer, error)
+                        continue
+                    self.readiness.set("kafka", False, f"records not acknowledged: {describe(error)}")
+                    raise
+
+        try:
+            # never gives up on a retryable error: the MQTT message stays unacknowledged meanwhile
+            await KAFKA_RETRY.call(
+                attempt,
+                what="kafka",
+                logger=log,
+                is_permanent=lambda error: isinstance(error, MessageSizeTooLargeError),
+                outage=self._kafka_outage,
+            )
+            return True
+        except MessageSizeTooLargeError as error:  # Mosquitto's max_packet_size keeps this away
+            log.error("record refused by Kafka for its size; dropped", topic=record.topic, error=str(error))
+            self.metrics.dead_lettered("kafka_refused_size")
+            return False
+        finally:
+            if failing:
+                self._send_failing -= 1
 
     # --- Kafka -> devices --------------------------------------------------------------------
 
@@ -354,6 +498,7 @@ class Gateway:
                 self._warn.warning("commands", "reading commands failed; retrying", error=str(error))
                 await self._sleep(BACKOFF_MAX_S / 2)
                 continue
+            self.metrics.consumed.inc(sum(len(records) for records in batch.values()))
             for tp, records in batch.items():
                 try:
                     await self._relay_batch(consumer, tp, records)
@@ -384,3 +529,13 @@ class Gateway:
         await asyncio.gather(*publishes)
         self.counters["commands"] += len(publishes)
         await consumer.commit({tp: records[-1].offset + 1})
+        self.metrics.processed.inc(len(publishes))
+
+
+def _reason_of(letter: bytes) -> str:
+    """A dead letter's reason code (the gateway's own letters: always readable JSON)."""
+    try:
+        reason = orjson.loads(letter).get("reason")
+    except (orjson.JSONDecodeError, AttributeError):
+        return "unknown"
+    return reason if isinstance(reason, str) else "unknown"
