@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from strainwatch.privacy.services import worker_digest
 from strainwatch.topics import POSTURE_EVENTS, ROSTER
@@ -234,3 +234,25 @@ def test_bad_arguments_exit_2(args: list[str]) -> None:
     result = _cli({}, *args)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_stack_sets_raw_posture_retention_on_an_existing_topic(kafka: Broker) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from strainwatch.stack.topics import ensure_topics
+
+    def config(key: str) -> int:
+        admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        resource = ConfigResource(ConfigResourceType.TOPIC, POSTURE_EVENTS.name, [key])
+        described = admin.describe_configs([resource], config_filter="all")
+        admin.close()
+        return int(described["topic"][POSTURE_EVENTS.name][key]["value"])
+
+    def retention() -> int:
+        return config("retention.ms")
+
+    assert retention() == 7 * 86_400_000  # created by the fixture with the topic's default
+    ensure_topics(kafka.bootstrap, kafka.partitions, 2 * 86_400_000)  # STRAINWATCH_RAW_RETENTION_DAYS=2
+    # the broker applies a config change through its metadata log: visible within moments
+    wait_for(lambda: retention() == 2 * 86_400_000, timeout_s=15, what="the new retention")
+    assert config("max.message.bytes") == POSTURE_EVENTS.max_message_bytes  # the rest stays as it was

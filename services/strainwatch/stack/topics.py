@@ -17,11 +17,18 @@ from kafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsErr
 
 from strainwatch.kafka_clients import kafka_python_security
 from strainwatch.stack.procs import StackError
-from strainwatch.topics import ALL_TOPICS, PRIVACY_TOPICS, partitions_for, required_max_message_bytes
+from strainwatch.topics import (
+    ALL_TOPICS,
+    POSTURE_EVENTS,
+    PRIVACY_TOPICS,
+    partitions_for,
+    required_max_message_bytes,
+)
 
 log = structlog.get_logger("strainwatch.stack")
 
 MAX_MESSAGE_BYTES = "max.message.bytes"
+RETENTION_MS = "retention.ms"
 
 
 def admin_client(bootstrap: str, timeout_s: float = 30.0) -> KafkaAdminClient:
@@ -80,6 +87,8 @@ def ensure_topics(
                 admin.create_topics(wanted, timeout_ms=30_000)
         if current:
             _raise_limits(admin, current, required)
+        if raw_retention_ms is not None and POSTURE_EVENTS.name in existing:
+            _set_raw_retention(admin, raw_retention_ms)
         return describe(admin, [spec.name for spec in (*ALL_TOPICS, *PRIVACY_TOPICS)])
     finally:
         admin.close()
@@ -121,6 +130,26 @@ def _raise_limits(admin: KafkaAdminClient, current: dict[str, int], required: di
         raise StackError(f"could not raise {MAX_MESSAGE_BYTES} of {failed}")
     for name, limit in low.items():
         log.info("topic message limit raised", topic=name, **{"from": current[name], "to": limit})
+
+
+def _set_raw_retention(admin: KafkaAdminClient, retention_ms: int) -> None:
+    """Raw posture frames are kept STRAINWATCH_RAW_RETENTION_DAYS (docs/privacy.md), also on a topic
+    created earlier with another retention. Tansu cannot describe topic configs: nothing to set."""
+    resource = ConfigResource(ConfigResourceType.TOPIC, POSTURE_EVENTS.name, [RETENTION_MS])
+    try:
+        described = admin.describe_configs([resource], config_filter="all")
+    except KafkaConnectionError:
+        return
+    value = ((described.get("topic") or {}).get(POSTURE_EVENTS.name) or {}).get(RETENTION_MS) or {}
+    if value.get("value") is None or int(value["value"]) == retention_ms:
+        return
+    results = admin.alter_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, POSTURE_EVENTS.name, {RETENTION_MS: str(retention_ms)})]
+    )
+    failed = {name: r for name, r in (results.get("topic") or {}).items() if r != "OK"}
+    if failed:
+        raise StackError(f"could not set {RETENTION_MS} of {failed}")
+    log.info("raw posture retention set", topic=POSTURE_EVENTS.name, retention_ms=retention_ms)
 
 
 def describe(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:
