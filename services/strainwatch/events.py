@@ -302,8 +302,19 @@ class DeadReason(StrEnum):
     DEVICE_WORKER_MISMATCH = "device_worker_mismatch"  # names a worker its device is not bound to
 
 
+# The most bytes of a rejected message's key and value (together) a dead letter carries: Kafka's
+# default max.message.bytes. Whatever arrives (a value inflated from a compressed batch, an MQTT
+# payload from a broker with a larger limit, a huge key), the letter then stays within
+# topics.dead_letter_max_message_bytes of this, which posture.deadletter.v1 always accepts.
+DEAD_LETTER_MAX_ORIGINAL_BYTES = 1_048_588
+
+
 class DeadLetter(Message):
-    """A rejected message with its original bytes (base64) and the reason. Topic posture.deadletter.v1."""
+    """A rejected message with its original bytes (base64) and the reason. Topic posture.deadletter.v1.
+
+    The original key and value are carried whole up to DEAD_LETTER_MAX_ORIGINAL_BYTES together;
+    beyond that the value (and a key that alone exceeds it) is cut to its first bytes and flagged.
+    The flags appear only on a cut letter, so every other letter reads as before."""
 
     reason: DeadReason
     detail: str = Field(max_length=2_000)
@@ -311,8 +322,35 @@ class DeadLetter(Message):
     source_partition: int | None = None
     source_offset: int | None = None
     received_at: AwareDatetime
-    original_b64: str
+    original_b64: str = Field(description="the rejected value, base64 (its first bytes when truncated)")
     key_b64: str | None = None
+    original_truncated: bool = Field(
+        default=False, description="original_b64 holds only the first bytes of the value"
+    )
+    original_size: int | None = Field(
+        default=None, ge=0, description="the rejected value's size in bytes, given when truncated"
+    )
+    key_truncated: bool = Field(default=False, description="the key (and key_b64) holds only its first bytes")
+
+
+def dead_letter_original(
+    key: bytes | None, value: bytes, limit: int = DEAD_LETTER_MAX_ORIGINAL_BYTES
+) -> tuple[bytes | None, bytes, dict[str, Any]]:
+    """What a dead letter keeps of a rejected message: (key, value, flags), key + value <= limit.
+
+    The key comes first (it routes the letter and is at most limit bytes), the value gets the rest.
+    flags holds the DeadLetter truncation fields to add to the letter, empty when nothing was cut.
+    """
+    kept_key = key[:limit] if key is not None else None
+    room = limit - (len(kept_key) if kept_key is not None else 0)
+    kept = value[:room] if len(value) > room else value
+    flags: dict[str, Any] = {}
+    if len(kept) < len(value):
+        flags["original_truncated"] = True
+        flags["original_size"] = len(value)
+    if key is not None and kept_key is not None and len(kept_key) < len(key):
+        flags["key_truncated"] = True
+    return kept_key, kept, flags
 
 
 class Rejected(Exception):
@@ -373,24 +411,32 @@ def parse_frame(
 
 
 def _has_non_finite_literal(raw: bytes) -> bool:
-    """True when the bytes are JSON but for NaN/Infinity literals (which some firmware emits)."""
+    """True when the bytes are JSON but for NaN/Infinity literals (which some firmware emits).
+
+    The parser's hooks see every number, so nothing walks the document: a deeply nested one
+    (pydantic refuses it past its depth limit) ends in RecursionError here, which means no.
+    """
     import json
 
+    found = False
+
+    def constant(literal: str) -> float:  # NaN, Infinity, -Infinity
+        nonlocal found
+        found = True
+        return 0.0
+
+    def number(literal: str) -> float:  # 1e999 is a float literal that is not finite either
+        nonlocal found
+        value = float(literal)
+        if not math.isfinite(value):
+            found = True
+        return 0.0
+
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        json.loads(raw, parse_constant=constant, parse_float=number)
+    except (ValueError, RecursionError):
         return False
-
-    def walk(x: Any) -> bool:
-        if isinstance(x, float):
-            return not math.isfinite(x)
-        if isinstance(x, dict):
-            return any(walk(v) for v in x.values())
-        if isinstance(x, list):
-            return any(walk(v) for v in x)
-        return False
-
-    return walk(doc)
+    return found
 
 
 MESSAGE_MODELS: dict[str, type[Message]] = {

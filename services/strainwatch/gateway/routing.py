@@ -15,7 +15,7 @@ from uuid import UUID
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from strainwatch.events import BreakAck, DeadReason, DeviceCommand, RosterEntry
+from strainwatch.events import BreakAck, DeadReason, DeviceCommand, RosterEntry, dead_letter_original
 from strainwatch.topics import ALERTS_ACK, POSTURE_DEADLETTER, POSTURE_EVENTS
 
 FRAMES_SUBSCRIPTION = "devices/+/frames"
@@ -23,6 +23,8 @@ ACKS_SUBSCRIPTION = "devices/+/ack"
 # A frame larger than this cannot be a Kafka record of posture.events.v1 (1 MiB batches); it is
 # dead-lettered (base64 fits the dead-letter topic's larger limit). Mosquitto refuses such packets first.
 MAX_FORWARD_BYTES = 1_000_000
+# An MQTT topic can be 64 KiB; a dead letter's envelope budget (topics.py) allows a Kafka topic name's 249.
+MAX_SOURCE_TOPIC_CHARS = 249
 
 
 def commands_topic(device_id: str) -> str:
@@ -102,18 +104,22 @@ def dead_letter(
     received_at: datetime,
     key: str | None,
 ) -> KafkaRecord:
+    # A site's own MQTT broker may pass payloads (and topics) of any size: the letter keeps at most
+    # DEAD_LETTER_MAX_ORIGINAL_BYTES of key and payload, so posture.deadletter.v1 accepts it.
+    kept_key, kept, flags = dead_letter_original(key.encode() if key else None, original)
     letter = {
         "schema_version": 1,
         "reason": reason.value,
         "detail": detail[:2_000],
-        "source_topic": source_topic,
+        "source_topic": source_topic[:MAX_SOURCE_TOPIC_CHARS],
         "source_partition": None,
         "source_offset": None,
         "received_at": received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "original_b64": base64.b64encode(original).decode(),
+        "original_b64": base64.b64encode(kept).decode(),
         "key_b64": None,
+        **flags,
     }
-    return KafkaRecord(POSTURE_DEADLETTER.name, key.encode() if key else None, orjson.dumps(letter))
+    return KafkaRecord(POSTURE_DEADLETTER.name, kept_key, orjson.dumps(letter))
 
 
 def _claimed(payload: bytes, field: str) -> str | None:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import orjson
 import structlog
 
-from strainwatch.events import DeadReason, PostureFrame, Rejected, parse_frame
+from strainwatch.events import DeadReason, PostureFrame, Rejected, dead_letter_original, parse_frame
 from strainwatch.exposure import Alert, ExposureEngine, WindowAggregate
 from strainwatch.logs import RateLimitedLog
 from strainwatch.processor.record import NO_BUFFER, Buffered, WorkerRecord
@@ -386,6 +386,8 @@ class Runtime:
             self._reject_log.warning(
                 reason.value, "frame dead-lettered", reason=reason.value, detail=detail[:200]
             )
+        # a value inflated from a compressed batch can exceed any topic limit: cut, flagged (events.py)
+        kept_key, kept, flags = dead_letter_original(key, value)
         letter = {
             "schema_version": 1,
             "reason": reason.value,
@@ -394,10 +396,11 @@ class Runtime:
             "source_partition": partition,
             "source_offset": offset,
             "received_at": iso_ms(self._clock()),
-            "original_b64": base64.b64encode(value).decode(),
-            "key_b64": base64.b64encode(key).decode() if key is not None else None,
+            "original_b64": base64.b64encode(kept).decode(),
+            "key_b64": base64.b64encode(kept_key).decode() if kept_key is not None else None,
+            **flags,
         }
-        self.out.dead_letters.append((key, orjson.dumps(letter)))
+        self.out.dead_letters.append((kept_key, orjson.dumps(letter)))
 
     # --- checkpoint --------------------------------------------------------------------------
 
