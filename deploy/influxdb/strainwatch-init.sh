@@ -1,5 +1,5 @@
 #!/bin/bash
-# strainwatch's InfluxDB 2.x layout: two buckets, their InfluxQL mappings (DBRP) and two tokens.
+# strainwatch's InfluxDB 2.x layout: two buckets, their InfluxQL mappings (DBRP) and three tokens.
 #
 # In docker compose this runs once, as an init script of the influxdb:2.7 image
 # (/docker-entrypoint-initdb.d), right after DOCKER_INFLUXDB_INIT_MODE=setup has created the org,
@@ -17,10 +17,11 @@
 #                       10-second `exposure` windows
 #   DBRP db=<bucket> rp=autogen -> <bucket> (default), db=<bucket> rp=windows -> <bucket>/windows,
 #                       so InfluxQL reads `"windows"."exposure"` and everything else as before
-#   a write-only token for the strainwatch services (both buckets) and a read-only token for
-#   Grafana (both buckets), written to $TOKEN_DIR/{services-write,grafana-read}.token
+#   a write-only token for the strainwatch services (both buckets), a read-only token for
+#   Grafana and reports (both buckets) and a read-write token for operators' imports and erasures,
+#   written to $TOKEN_DIR/{services-write,grafana-read,operations-readwrite}.token
 #
-# InfluxDB 2.x cannot create a token with a chosen value, so the two tokens are generated here and
+# InfluxDB 2.x cannot create a token with a chosen value, so the tokens are generated here and
 # handed over as files; the operator token stays with the influxdb container and the operators.
 # Re-running it is safe: what exists is kept, and a token file is only replaced when its token is no
 # longer listed (from InfluxDB 2.9 on, which stores tokens hashed, that means a new token each run).
@@ -83,3 +84,8 @@ token services-write.token "strainwatch services: write ${bucket} and ${windows_
     --write-bucket "$main_id" --write-bucket "$windows_id"
 token grafana-read.token "strainwatch Grafana: read ${bucket} and ${windows_bucket}" \
     --read-bucket "$main_id" --read-bucket "$windows_id"
+# operators' commands that read what they change: `strainwatch incidents import` (reads the stored
+# cases to plan an import) and `strainwatch privacy erase` (deletes a worker's points); reports and
+# dashboards need only grafana-read.token (docs/security.md)
+token operations-readwrite.token "strainwatch operations: read and write ${bucket} and ${windows_bucket}" \
+    --read-bucket "$main_id" --read-bucket "$windows_id" --write-bucket "$main_id" --write-bucket "$windows_id"
