@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -95,6 +96,16 @@ class Settings(BaseSettings):
     broker_session_timeout_s: float = Field(30.0, gt=0)
     thresholds: str = Field("default", description="profile name or path of a thresholds file")
 
+    # Ops endpoints (issue 15 items 1-4, docs/operations.md): /healthz, /readyz, /metrics
+    ops_bind: str | None = Field(
+        None,
+        description="HOST:PORT of the ops server, or 'off'; unset: 127.0.0.1 on the service's port "
+        "(processor 9310, alerting 9311, gateway 9312); each service's --ops-bind overrides it",
+    )
+    ops_checkpoint_max_age_s: float = Field(
+        60.0, gt=0, description="/readyz: not ready when work waits longer than this for a checkpoint"
+    )
+
     # Alerting service (docs/alerting.md)
     channels_file: Path | None = Field(
         None, description="YAML: channels (apprise URLs) and delivery policy per site and team"
@@ -185,3 +196,18 @@ def is_local_url(url: str) -> bool:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def secret_from_env(name: str) -> str:
+    """A secret that is not a Settings field (e.g. STRAINWATCH_GRAFANA_WEBHOOK_TOKEN): the content of
+    the file `<name>_FILE` names (trailing newline removed) wins over the variable `<name>`."""
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ConfigError(f"{name}_FILE {path}: {error.strerror or error}") from None
+        if not value:
+            raise ConfigError(f"{name}_FILE {path} is empty")
+        return value
+    return os.environ.get(name, "")

@@ -13,15 +13,19 @@ deployment decision (compose and k8s set 0.0.0.0 inside the container's own netw
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from strainwatch.ops.readiness import Readiness
+
+log = structlog.get_logger("strainwatch.ops")
 
 ENV_VAR = "STRAINWATCH_OPS_BIND"
 DEFAULT_HOST = "127.0.0.1"
@@ -77,8 +81,13 @@ class OpsServer:
         bind: str | tuple[str, int] | None,
         readiness: Readiness,
         registry: CollectorRegistry | None = None,
+        *,
+        fallback_to_free_port: bool = False,
     ) -> None:
+        """`fallback_to_free_port`: when the (default) port is taken, e.g. by a second instance on
+        the same host, bind a free port instead of failing (logged with the URL)."""
         self.service = service
+        self.fallback_to_free_port = fallback_to_free_port
         self.readiness = readiness
         self.registry = registry
         if isinstance(bind, str):
@@ -117,7 +126,14 @@ class OpsServer:
         host, port = self.bind
         site = web.TCPSite(runner, host, port, reuse_address=True)
         try:
-            await site.start()
+            try:
+                await site.start()
+            except OSError as error:
+                if not (self.fallback_to_free_port and port and error.errno == errno.EADDRINUSE):
+                    raise
+                log.warning("ops port taken, binding a free one", port=port, service=self.service)
+                site = web.TCPSite(runner, host, 0, reuse_address=True)
+                await site.start()
         except BaseException:
             await runner.cleanup()
             raise

@@ -23,21 +23,27 @@ from typing import Any
 
 import faust
 import structlog
+from aiokafka.errors import CommitFailedError
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from faust.serializers import codecs
 from faust.types import TP
 
 from strainwatch.config import Settings
 from strainwatch.events import RosterEntry
 from strainwatch.exposure import ExposureEngine, load_thresholds
-from strainwatch.kafka_clients import faust_credentials
+from strainwatch.kafka_clients import aiokafka_security, faust_credentials
 from strainwatch.logs import RateLimitedLog
+from strainwatch.ops.kafka import KafkaProbe
+from strainwatch.ops.metrics import ServiceMetrics
+from strainwatch.ops.readiness import Readiness
+from strainwatch.ops.retry import OutageLog, RetryPolicy, RetryStopped
 from strainwatch.privacy.services import forget_in_processor
 from strainwatch.processor.broker_reads import RangeAbandoned, RangeReader, start_positions
 from strainwatch.processor.checkpoint import Checkpointer
 from strainwatch.processor.positions import PartitionPositions
 from strainwatch.processor.record import WorkerRecord
 from strainwatch.processor.runtime import Runtime, RuntimeConfig
-from strainwatch.processor.sink import InfluxSink, SinkStopped
+from strainwatch.processor.sink import InfluxSink, SinkFatal, SinkStopped
 from strainwatch.storage.health import HealthPoints
 from strainwatch.topics import (
     ALERTS_BREAK,
@@ -59,6 +65,7 @@ RECORD_CODEC = "strainwatch-record"
 # log end: faust may have skipped a partition's last events, and with no event after them the agent
 # would never notice. (While frames flow, the next frame of a partition reveals such a hole.)
 QUIET_S = 5.0
+WATCH_S = 2.0  # readiness: Kafka probed and the checkpoint's age checked this often
 
 
 class _RecordCodec(codecs.Codec):
@@ -155,6 +162,14 @@ class Processor:
             ROSTER_TABLE, partitions=settings.posture_partitions, key_type=bytes, value_type=bytes
         )
         self._roster_errors = RateLimitedLog(log, interval_s=30.0)
+        self._ops_log = RateLimitedLog(log, interval_s=60.0)  # outages: the outage log says more
+        # ops: /healthz, /readyz, /metrics (docs/operations.md); the server itself runs in cli.py
+        self.readiness = Readiness(expected=("kafka", "partitions", "sink", "checkpoint"))
+        self.metrics = ServiceMetrics("processor")
+        self._stop_event = asyncio.Event()
+        self._kafka_seen = asyncio.Event()
+        self.kafka_probe = KafkaProbe(settings.kafka_bootstrap, aiokafka_security(settings))
+        self._retry = RetryPolicy(initial_s=0.2, cap_s=5.0, reminder_s=60.0)
         self._hole_log = RateLimitedLog(log, interval_s=10.0)
         self.runtime = Runtime(
             self.engine,
@@ -175,6 +190,7 @@ class Processor:
             settings.influx_org,
             settings.influx_bucket,
             windows_bucket=settings.influx_windows_bucket or None,
+            readiness=self.readiness,
         )
         # service health as points (storage/health.py): best effort, on a sink of its own so that a
         # slow health write never holds up a checkpoint
@@ -185,6 +201,8 @@ class Processor:
             settings.influx_org,
             settings.influx_bucket,
             max_backoff_s=1.0,
+            readiness=self.readiness,
+            share_fatal_with=self.sink,
         )
         self._last_checkpoint_done = time.monotonic()
         self.positions = PartitionPositions()
@@ -205,7 +223,11 @@ class Processor:
         self._last_checkpoint = time.monotonic()
         self._last_delivery = time.monotonic()
         self.hole_frames = 0  # frames faust skipped that were read from the broker instead
+        self.clean_stop = False  # the final checkpoint persisted and committed everything
         self._stopping = False
+        self.runtime.delay_observer = self.metrics.end_to_end_delay.observe
+        self.metrics.on_scrape(self._sync_metrics)
+        self.metrics.read_checkpoint_age(self.checkpoint_age)
         self._wire()
 
     # --- table and outputs (the checkpoint's I/O) ------------------------------------------------
@@ -261,8 +283,11 @@ class Processor:
         offsets = {TP(POSTURE_EVENTS.name, p): o for p, o in positions.items() if p in self._assigned}
         if not offsets:
             return False
-        # the consumer that is the group member commits, so a commit after a rebalance is refused
-        return bool(await self.app.consumer._commit(offsets))
+        # the consumer that is the group member commits, so a commit after a rebalance is refused;
+        # in faust's consumer thread, but not through faust's `_commit`, which crashes the consumer
+        # on any error other than a rebalance (a broker gone, a coordinator moving)
+        thread = self.app.consumer._thread
+        return bool(await thread.call_thread(_commit_in_consumer_thread, thread, offsets))
 
     async def checkpoint(self, reason: str, *, final: bool = False) -> bool:
         self._frames_since_checkpoint = 0
@@ -288,9 +313,12 @@ class Processor:
                     if end is not None and self.positions.owns(tp.partition)
                 )
             except Exception as error:  # health is best effort: the next report tries again
-                self._hole_log.warning("health", "log end offsets unavailable", error=repr(error))
-        pending = bool(runtime.dirty or self.positions.uncommitted() or runtime.out)
-        age = time.monotonic() - self._last_checkpoint_done if pending else 0.0
+                self._ops_log.warning("health", "log end offsets unavailable", error=repr(error))
+            else:
+                self.metrics.consumer_lag.set(lag)
+        else:
+            self.metrics.consumer_lag.set(0)
+        age = self.checkpoint_age()
         counters = runtime.counters
         lines = self.health.lines(
             time.time(),
@@ -304,11 +332,15 @@ class Processor:
             {"lag_frames": lag, "checkpoint_age_s": round(age, 3)},
         )
         sink = self._health_sink
+        if sink.fatal is not None or self.sink.fatal is not None:
+            return  # logged once by the sink; /readyz says it
         sink.add(lines)
         try:
             await asyncio.wait_for(sink.flush(), timeout=5.0)
+        except SinkFatal:
+            sink.discard()  # logged once by the sink, shown on /readyz
         except Exception as error:
-            self._hole_log.warning("health-write", "health points not written", error=repr(error))
+            self._ops_log.warning("health-write", "health points not written", error=repr(error))
             if len(sink) > 1_000:  # InfluxDB is away for long: drop old reports, keep memory bounded
                 sink.discard()
 
@@ -322,21 +354,24 @@ class Processor:
 
     async def _ensure_started(self, partitions: list[int]) -> None:
         """Give each assigned partition its start position: the group's committed offset."""
-        backoff = 0.2
         while True:
             generation = self._generation
             todo = [p for p in partitions if p in self._assigned and not self.positions.owns(p)]
             if not todo:
                 return
             try:
-                starts = await start_positions(
-                    self.settings.kafka_bootstrap, self.settings.processor_group, POSTURE_EVENTS.name, todo
+                starts = await self._retry.call(
+                    start_positions,
+                    self.settings.kafka_bootstrap,
+                    self.settings.processor_group,
+                    POSTURE_EVENTS.name,
+                    todo,
+                    what="kafka_committed_offsets",
+                    logger=log,
+                    stop=self._stop_event,
                 )
-            except Exception as error:
-                self._hole_log.warning("start", "committed offsets unavailable, retrying", error=repr(error))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
+            except RetryStopped:
+                return
             if generation != self._generation:
                 continue  # a rebalance happened meanwhile: start over with the new assignment
             for partition, start in starts.items():
@@ -370,7 +405,7 @@ class Processor:
     async def _sweep_when_quiet(self) -> None:
         """Catch up partitions whose log goes on past their position once faust is quiet (QUIET_S)."""
         now = time.monotonic()
-        if min(now - self._last_delivery, now - self._assigned_at) < QUIET_S:
+        if min(now - self._last_delivery, now - self._assigned_at) < QUIET_S or self.sink.fatal:
             return
         await self._ensure_started(sorted(self._assigned))
         owned = self.positions.owned()
@@ -400,6 +435,12 @@ class Processor:
             runtime, positions = self.runtime, self.positions
             monotonic = time.monotonic
             async for event in stream.events():
+                if self.sink.fatal is not None:
+                    # InfluxDB refuses our writes for good (401/403/404): take no more frames, so
+                    # nothing is acknowledged past what is stored; /readyz shows the fatal check
+                    log.error("processor halted: not consuming until restarted", cause=str(self.sink.fatal))
+                    await self._stop_event.wait()
+                    return
                 message = event.message
                 partition, offset = message.partition, message.offset
                 if not positions.owns(partition):
@@ -488,27 +529,114 @@ class Processor:
             self._assigned = mine
             self._assigned_at = time.monotonic()
             log.info("partitions assigned", partitions=sorted(mine))
+            self.readiness.set(
+                "partitions",
+                True,
+                f"{len(mine)} partitions assigned" if mine else "group joined, no partition to own",
+            )
             await self._ensure_started(sorted(mine))
 
         @app.on_partitions_revoked.connect
         async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
             mine = {tp.partition for tp in revoked if tp.topic == POSTURE_EVENTS.name}
             log.info("partitions revoked", partitions=sorted(mine))
+            self.readiness.set("partitions", False, "rebalancing: partitions revoked")
             self._generation += 1  # a range being read for a revoked partition stops
             await self.checkpoint("revoked")
             self.positions.forget(mine)
             self._assigned -= mine
             self.runtime.drop_partitions(mine)
 
+    # --- ops: readiness and metrics (docs/operations.md) -------------------------------------------
+
+    def checkpoint_age(self) -> float:
+        """Seconds the pending work (dirty state, uncommitted positions, unsent outputs) has waited
+        since the last complete checkpoint; 0 when nothing is pending."""
+        runtime = self.runtime
+        pending = bool(runtime.dirty or self.positions.uncommitted() or runtime.out)
+        return time.monotonic() - self._last_checkpoint_done if pending else 0.0
+
+    def _sync_metrics(self) -> None:
+        counters = self.runtime.counters
+        self.metrics.set_totals(
+            consumed=counters.frames_in,
+            processed=counters.frames_applied,
+            sink_write_errors=self.sink.write_failures,
+            dead_lettered=counters.dead_lettered,
+        )
+
+    def _check_checkpoint(self) -> None:
+        age = self.checkpoint_age()
+        limit = self.settings.ops_checkpoint_max_age_s
+        if age > limit:
+            self.readiness.set("checkpoint", False, f"work pending for {age:.0f} s without a checkpoint")
+        else:
+            self.readiness.set("checkpoint", True, f"pending for {age:.0f} s" if age else "nothing pending")
+
+    async def watch(self) -> None:
+        """From start to shutdown: probe Kafka (outage logged once, then a reminder a minute;
+        back-off from ops/retry.py), check the checkpoint's age, write a first health point (the
+        sink check) once Kafka answers."""
+
+        async def checkpoint_age() -> None:
+            while not self._stop_event.is_set():
+                self._check_checkpoint()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_event.wait(), 1.0)
+
+        ages = asyncio.ensure_future(checkpoint_age())
+        outage = OutageLog(log, "kafka", reminder_s=60.0)
+        try:
+            while not self._stop_event.is_set():
+                try:
+                    brokers = await self._retry.call(
+                        self.kafka_probe.check,
+                        what="kafka",
+                        logger=log,
+                        outage=outage,
+                        stop=self._stop_event,
+                        readiness=self.readiness,
+                        check="kafka",
+                    )
+                except RetryStopped:
+                    return
+                self.readiness.set("kafka", True, f"{brokers} broker(s) reachable")
+                if not self._kafka_seen.is_set():
+                    self._kafka_seen.set()
+                    with contextlib.suppress(Exception):  # best effort; the health timer goes on
+                        await asyncio.wait_for(self.report_health(), timeout=5.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_event.wait(), WATCH_S)
+        finally:
+            ages.cancel()
+            await self.kafka_probe.close()
+
+    async def wait_for_kafka(self) -> bool:
+        """Until Kafka answers (True) or shutdown begins (False): a processor started while the
+        broker is down waits instead of exiting."""
+        seen = asyncio.ensure_future(self._kafka_seen.wait())
+        stopping = asyncio.ensure_future(self._stop_event.wait())
+        try:
+            await asyncio.wait({seen, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            seen.cancel()
+            stopping.cancel()
+        return self._kafka_seen.is_set() and not self._stop_event.is_set()
+
     async def shutdown(self) -> None:
         """SIGTERM: stop taking frames, persist everything, commit, then let faust stop."""
         if self._stopping:
             return
         self._stopping = True
+        self._stop_event.set()
+        self.readiness.set("stopping", False, "shutting down")
         self.sink.request_stop()
         try:
             done = await asyncio.wait_for(self.checkpoint("shutdown", final=True), timeout=20.0)
-            if done:
+            self.clean_stop = done and self.sink.fatal is None
+            if self.sink.fatal is not None:
+                log.error("processor stopped with InfluxDB refusing its writes", cause=str(self.sink.fatal))
+            elif done:
                 log.info(
                     "processor stopped cleanly",
                     hole_frames=self.hole_frames,
@@ -524,3 +652,25 @@ class Processor:
             await self.sink.close()
             await self._health_sink.close()
             await self.ranges.close()
+
+
+async def _commit_in_consumer_thread(thread: Any, offsets: dict[TP, int]) -> bool:
+    """Runs in faust's consumer thread, whose loop owns the aiokafka consumer. As faust's
+    `AIOKafkaConsumerThread._commit`, except that an error reaches the checkpoint, which keeps its
+    work for the next one, instead of crashing the consumer (faust crashes on anything but a
+    rebalance: a broker gone mid-commit would stop the processor)."""
+    assignment = thread.assignment()
+    commitable = {tp: offset for tp, offset in offsets.items() if tp in assignment}
+    if not commitable:
+        return False
+    try:
+        await thread._ensure_consumer().commit(
+            {TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(o, "") for tp, o in commitable.items()}
+        )
+    except CommitFailedError as error:
+        if "already rebalanced" in str(error):
+            return False  # another member owns them now: it resumes from the last commit
+        raise
+    now = time.monotonic()
+    thread.tp_last_committed_at.update(dict.fromkeys(commitable, now))
+    return True

@@ -15,7 +15,9 @@ Order matters, and a kill can land between any two steps:
 
 A checkpoint that fails keeps its work: its records are dirty again, its unwritten points stay in
 the sink, its undelivered outputs are sent again, and its positions stay uncommitted, so the next
-checkpoint covers everything. Nothing is acknowledged on a failure.
+checkpoint covers everything. Nothing is acknowledged on a failure. The commit itself is guarded
+(app.py `_commit`): a commit the broker refuses or cannot take (broker gone) raises here like any
+other failure, instead of crashing faust's consumer as faust's own commit path does.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from strainwatch.logs import RateLimitedLog
 from strainwatch.processor.positions import PartitionPositions
 from strainwatch.processor.record import WorkerRecord
 from strainwatch.processor.runtime import Runtime
-from strainwatch.processor.sink import InfluxSink, SinkStopped
+from strainwatch.processor.sink import InfluxSink, SinkFatal, SinkStopped
 
 log = structlog.get_logger("strainwatch.processor")
 
@@ -145,6 +147,10 @@ class Checkpointer:
                 if isinstance(error, SinkStopped | asyncio.CancelledError):
                     log.warning("checkpoint abandoned; its frames will be replayed", reason=reason)
                     raise
+                if isinstance(error, SinkFatal):
+                    # the sink logged the cause once and marked readiness fatal; nothing is
+                    # acknowledged, and the processor stops taking frames (app.py)
+                    return False
                 self._errors.warning(
                     "checkpoint",
                     "checkpoint failed; retrying at the next one",

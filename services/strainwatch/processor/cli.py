@@ -12,9 +12,12 @@ from typing import Any
 import typer
 
 STOP_DEADLINE_S = 27.0
+# exit status when the final checkpoint could not persist and commit everything (broker or InfluxDB
+# gone at SIGTERM): nothing was acknowledged past what is stored; the rest replays on restart
+EXIT_INCOMPLETE = 3
 
 
-def run_processor(thresholds: str | None = None) -> None:
+def run_processor(thresholds: str | None = None, ops_bind: str | None = None) -> None:
     import mode.loop
 
     # uvloop before anything creates a loop: faust schedules about 20 callbacks per event, which
@@ -23,31 +26,68 @@ def run_processor(thresholds: str | None = None) -> None:
     import faust
 
     from strainwatch.config import get_settings
-    from strainwatch.processor.app import Processor
+    from strainwatch.ops.logs import limit_library_logs
+    from strainwatch.ops.server import OpsServer, resolve_bind
+    from strainwatch.processor.app import Processor, log
 
     settings = get_settings()
     processor = Processor(settings, thresholds)
+    bind = resolve_bind(ops_bind if ops_bind is not None else settings.ops_bind, "processor")
+    ops = OpsServer(
+        "processor",
+        bind,
+        processor.readiness,
+        processor.metrics.registry,
+        # unset: 127.0.0.1:9310, or a free port when another instance on this host has it
+        fallback_to_free_port=ops_bind is None and settings.ops_bind is None,
+    )
 
     class ProcessorWorker(faust.Worker):  # type: ignore[misc]
         """faust's worker with a shutdown that persists state before the consumer stops."""
 
         _shutdown_task: asyncio.Future[None] | None = None
+        _watch_task: asyncio.Future[None] | None = None
+
+        async def on_first_start(self) -> None:
+            await super().on_first_start()  # faust's logging and our signal handlers
+            limit_library_logs(60.0)  # aiokafka logs every reconnect while a broker is gone
+            try:
+                await ops.start()
+            except OSError as error:
+                log.error("ops server cannot bind", bind=ops.bind, error=str(error))
+                raise
+            if ops.url:
+                log.info("ops server started", url=ops.url)
+            self._watch_task = asyncio.ensure_future(processor.watch())
+            # faust exits at once when the broker is down at start: wait for it instead
+            if not await processor.wait_for_kafka():
+                await asyncio.Event().wait()  # stopping: the signal handler cancels the start
 
         def _on_sigterm(self) -> None:
-            if self._shutdown_task is None:
-                self._shutdown_task = asyncio.ensure_future(self._graceful(signal.SIGTERM))
+            self._on_signal(signal.SIGTERM)
 
         def _on_sigint(self) -> None:
+            self._on_signal(signal.SIGINT)
+
+        def _on_signal(self, sig: signal.Signals) -> None:
             if self._shutdown_task is None:
-                self._shutdown_task = asyncio.ensure_future(self._graceful(signal.SIGINT))
+                log.info("stopping", signal=sig.name)
+                self._shutdown_task = asyncio.ensure_future(self._graceful(sig))
+            else:
+                # a second SIGTERM or SIGINT: exit at once (what was not committed replays on restart)
+                log.warning("second signal: exiting at once", signal=sig.name)
+                os._exit(128 + int(sig))
 
         async def _graceful(self, sig: signal.Signals) -> None:
             # Kubernetes kills after 30 s: if faust's own stop hangs (it waits about 63 s for a
             # broker that is gone), leave anyway; unacked frames replay on restart, so nothing is lost.
-            watchdog = threading.Timer(STOP_DEADLINE_S, os._exit, args=(3,))
+            watchdog = threading.Timer(STOP_DEADLINE_S, os._exit, args=(EXIT_INCOMPLETE,))
             watchdog.daemon = True
             watchdog.start()
             await processor.shutdown()
+            if self._watch_task is not None:
+                self._watch_task.cancel()
+            await ops.stop()
             self._schedule_shutdown(sig)
 
     level = settings.log_level.upper()
@@ -60,13 +100,24 @@ def run_processor(thresholds: str | None = None) -> None:
     )
     # faust leaves the root logger at DEBUG even with -l warn; that costs about 10 % (docs/architecture.md)
     logging.getLogger().setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as done:
+        if done.code in (0, None) and not processor.clean_stop:
+            raise SystemExit(EXIT_INCOMPLETE) from None
+        raise
 
 
 def register(app: Any) -> None:
     @app.command("processor")
     def processor(
         thresholds: str = typer.Option(None, "--thresholds", help="profile name or thresholds file"),
+        ops_bind: str = typer.Option(
+            None,
+            "--ops-bind",
+            help="HOST:PORT for /healthz, /readyz, /metrics, or 'off' (default: STRAINWATCH_OPS_BIND, "
+            "else 127.0.0.1:9310)",
+        ),
     ) -> None:
         """Score posture frames into exposure windows, alerts and InfluxDB points."""
         from strainwatch.processor.compat import UntestedVersionsError, check_tested_versions
@@ -83,4 +134,14 @@ def register(app: Any) -> None:
                 load_thresholds(thresholds)
             except ValueError as error:
                 raise typer.BadParameter(str(error), param_hint="--thresholds") from None
-        run_processor(thresholds)
+        from strainwatch.config import get_settings
+        from strainwatch.ops.server import parse_bind
+
+        for value, hint in ((ops_bind, "--ops-bind"), (get_settings().ops_bind, "STRAINWATCH_OPS_BIND")):
+            if value is not None:
+                try:
+                    parse_bind(value)
+                except ValueError as error:
+                    raise typer.BadParameter(str(error), param_hint=hint) from None
+                break
+        run_processor(thresholds, ops_bind)

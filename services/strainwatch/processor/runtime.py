@@ -119,6 +119,8 @@ class Runtime:
         # offline rescoring reports every dead letter itself: a log line on stderr would be noise
         self._log_dead_letters = log_dead_letters
         self.thresholds_version = f"{engine.thresholds.profile}@{engine.thresholds.version}"
+        # called with (now - frame start_ts) for every frame applied (the processor's delay histogram)
+        self.delay_observer: Callable[[float], None] | None = None
 
     # --- per message -------------------------------------------------------------------------
 
@@ -276,6 +278,8 @@ class Runtime:
         )
         self.counters.frames_applied += 1
         self.counters.samples_applied += frame.n_samples
+        if self.delay_observer is not None:  # /metrics: end-to-end delay (docs/operations.md)
+            self.delay_observer(self._clock() - start_s)
         record.device_id = frame.device_id
         for window in outcome.closed:
             self._emit_window(worker, record, window)

@@ -2,8 +2,12 @@
 
 Like Quix Streams' BaseSink: `add()` buffers, `flush()` writes, and the checkpoint calls `flush()`
 before it acknowledges the offsets that produced the points. `flush()` only returns once every point
-is stored; while InfluxDB is unreachable it retries with capped exponential back-off, so offsets
-simply wait (nothing is dropped, nothing is acknowledged early).
+is stored; while InfluxDB is unreachable it retries with capped exponential back-off (ops/retry.py:
+the outage is logged once, then a reminder a minute), so offsets simply wait (nothing is dropped,
+nothing is acknowledged early). An answer that retrying cannot fix (401/403: bad token; 404: missing
+bucket or database) is logged once as an error, marks the `sink` readiness check fatal, and makes
+every later `flush()` raise `SinkFatal` at once: the points stay unwritten and the offsets that
+produced them uncommitted until the service is restarted with a fixed configuration.
 
 Why not influxdb-client's *batching* WriteApi: it cannot be flushed on demand
 (`WriteApi.flush()` is a no-op in 1.50) and reports failures only through callbacks, so a checkpoint
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterable
 
 import structlog
@@ -23,6 +26,8 @@ from influxdb_client import WritePrecision
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 
 from strainwatch.logs import RateLimitedLog
+from strainwatch.ops.readiness import Readiness
+from strainwatch.ops.retry import OutageLog, RetryPolicy, RetryStopped
 from strainwatch.storage.measurements import EXPOSURE, WINDOWS_RP
 from strainwatch.tls import influx_ca_file
 
@@ -33,6 +38,28 @@ log = structlog.get_logger("strainwatch.sink")
 
 class SinkStopped(RuntimeError):
     """flush() gave up because the service is stopping; the points stay unacknowledged."""
+
+
+class SinkFatal(RuntimeError):
+    """InfluxDB refused the write in a way retrying cannot fix (401, 403, 404)."""
+
+    retryable = False  # ops/retry.py: not retried
+
+    def __init__(self, status: int, bucket: str, body: str) -> None:
+        self.status = status
+        self.bucket = bucket
+        self.body = body
+        super().__init__(
+            f"InfluxDB answered {status} ({FATAL_STATUSES[status]}) writing to {bucket!r}: {body}"
+        )
+
+
+# HTTP answers to a write that no retry can fix, and what each means
+FATAL_STATUSES = {
+    401: "unauthorized: the token is wrong or expired",
+    403: "forbidden: the token may not write to this bucket",
+    404: "not found: the bucket or database does not exist",
+}
 
 
 class InfluxSink:
@@ -47,6 +74,9 @@ class InfluxSink:
         max_backoff_s: float = 5.0,
         timeout_ms: int = 30_000,
         windows_bucket: str | None = None,
+        readiness: Readiness | None = None,
+        check: str = "sink",
+        share_fatal_with: InfluxSink | None = None,
     ) -> None:
         self.url = url
         self.bucket = bucket
@@ -60,7 +90,14 @@ class InfluxSink:
         self._buffer: list[str] = []
         self._client: InfluxDBClientAsync | None = None
         self._stopping = False
-        self._errors = RateLimitedLog(log, interval_s=10.0)
+        self._stop_event = asyncio.Event()
+        self.readiness = readiness
+        self.check = check
+        # a fatal answer holds for every sink on the same InfluxDB and token: shared, logged once
+        self._fatal: list[SinkFatal] = share_fatal_with._fatal if share_fatal_with is not None else []
+        self._policy = RetryPolicy(initial_s=0.1, cap_s=max_backoff_s, jitter_s=0.1, reminder_s=60.0)
+        # one per sink: an outage spans flushes (a health flush is cancelled after 5 s and retried)
+        self._outage = OutageLog(log, "influx_write", reminder_s=60.0)
         self.points_written = 0
         self.write_failures = 0
         self.beyond_retention_batches = 0  # batches with points older than their bucket keeps
@@ -76,8 +113,13 @@ class InfluxSink:
         """Drop what is buffered (best-effort points only: never points a checkpoint waits for)."""
         self._buffer = []
 
+    @property
+    def fatal(self) -> SinkFatal | None:
+        return self._fatal[0] if self._fatal else None
+
     def request_stop(self) -> None:
         self._stopping = True
+        self._stop_event.set()
 
     def _api(self) -> InfluxDBClientAsync:
         if self._client is None:
@@ -115,42 +157,55 @@ class InfluxSink:
         return total
 
     async def _write_with_retry(self, bucket: str, batch: list[str], give_up_when_stopping: bool) -> None:
-        backoff = 0.1
-        started = time.monotonic()
-        while True:
-            try:
-                await (
-                    self._api()
-                    .write_api()
-                    .write(bucket=bucket, org=self.org, record=batch, write_precision=WritePrecision.S)
+        if self.fatal is not None:
+            raise self.fatal  # retrying cannot fix it: never asked again
+        try:
+            await self._policy.call(
+                self._write_once,
+                bucket,
+                batch,
+                what="influx_write",
+                logger=log,
+                outage=self._outage,
+                stop=self._stop_event if give_up_when_stopping else None,
+                readiness=self.readiness,
+                check=self.check if self.readiness is not None else None,
+            )
+        except RetryStopped as stopped:
+            raise SinkStopped("stopping with unwritten points; offsets stay uncommitted") from stopped
+        except SinkFatal as error:
+            if not self._fatal:
+                self._fatal.append(error)
+            raise
+
+    async def _write_once(self, bucket: str, batch: list[str]) -> None:
+        try:
+            await (
+                self._api()
+                .write_api()
+                .write(bucket=bucket, org=self.org, record=batch, write_precision=WritePrecision.S)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            if _beyond_retention(error):
+                # InfluxDB stored the rest of the batch and drops points older than the bucket
+                # keeps (a backfill of old frames): retrying cannot store them, ever
+                self.beyond_retention_batches += 1
+                self._retention_log.warning(
+                    "retention",
+                    "points older than the bucket's retention were dropped by InfluxDB",
+                    bucket=bucket,
+                    error=str(getattr(error, "body", error))[:200],
                 )
-                if time.monotonic() - started > 1.0:
-                    log.info("influx writes recovered", after_s=round(time.monotonic() - started, 1))
                 return
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                if _beyond_retention(error):
-                    # InfluxDB stored the rest of the batch and drops points older than the bucket
-                    # keeps (a backfill of old frames): retrying cannot store them, ever
-                    self.beyond_retention_batches += 1
-                    self._retention_log.warning(
-                        "retention",
-                        "points older than the bucket's retention were dropped by InfluxDB",
-                        bucket=bucket,
-                        error=str(getattr(error, "body", error))[:200],
-                    )
-                    return
-                self.write_failures += 1
-                self._errors.warning(
-                    "influx-write", "influx write failed, retrying", error=str(error)[:300], backoff_s=backoff
-                )
-                # a fresh client after a failure: the old session may hold dead connections
-                await self._reset_client()
-                if give_up_when_stopping and self._stopping:
-                    raise SinkStopped("stopping with unwritten points; offsets stay uncommitted") from error
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff_s)
+            self.write_failures += 1
+            # a fresh client after a failure: the old session may hold dead connections
+            await self._reset_client()
+            status = getattr(error, "status", None)
+            if status in FATAL_STATUSES:
+                raise SinkFatal(int(status), bucket, _body(error)) from error
+            raise
 
     async def _reset_client(self) -> None:
         client, self._client = self._client, None
@@ -160,6 +215,13 @@ class InfluxSink:
 
     async def close(self) -> None:
         await self._reset_client()
+
+
+def _body(error: Exception) -> str:
+    body = getattr(error, "body", None) or str(error)
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    return str(body).strip()[:300]
 
 
 def _beyond_retention(error: Exception) -> bool:
