@@ -765,6 +765,48 @@ def test_mosquitto_healthcheck_probes_a_configured_listener() -> None:
     assert "allow_anonymous false" in conf
 
 
+@pytest.mark.parametrize("service", ["alerting", "gateway"])
+def test_the_alerting_and_gateway_healthchecks_ask_readyz_on_their_port(service: str) -> None:
+    """Healthy = /readyz answers 200 on the port the service binds with the anchor's
+    STRAINWATCH_OPS_BIND; run here against a server answering 200, then 503, then nothing."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from strainwatch.ops.server import resolve_bind
+
+    compose = load_compose()
+    bind = compose["x-strainwatch-env"]["STRAINWATCH_OPS_BIND"]
+    _, port = resolve_bind(None, service, {"STRAINWATCH_OPS_BIND": bind})  # type: ignore[misc]
+    test = compose["services"][service]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    url = f"http://127.0.0.1:{port}/readyz"
+    assert url in test[3]
+    answers: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            assert self.path == "/readyz"
+            self.send_response(answers[0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    code = test[3].replace(url, f"http://127.0.0.1:{server.server_address[1]}/readyz")
+    try:
+        answers[:] = [200]
+        assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60).returncode == 0
+        answers[:] = [503]
+        assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60).returncode != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60).returncode != 0
+
+
 def test_the_service_healthcheck_runs() -> None:
     """The strainwatch services' check, run here: it passes while something listens on the
     bootstrap address and fails when nothing does."""

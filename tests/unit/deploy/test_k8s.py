@@ -372,5 +372,23 @@ def test_the_alerting_service_exposes_grafanas_webhook() -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     (service_port,) = service["spec"]["ports"]
     assert ports[service_port["targetPort"]] == port == service_port["port"]
-    assert container["readinessProbe"]["tcpSocket"]["port"] in (port, service_port["targetPort"])
     assert "valueFrom" in env["STRAINWATCH_GRAFANA_WEBHOOK_TOKEN"], "the token comes from a Secret"
+
+
+@pytest.mark.parametrize(
+    ("deployment", "service"), [("strainwatch-alerting", "alerting"), ("strainwatch-gateway", "gateway")]
+)
+def test_probes_use_the_ops_endpoints_on_the_port_the_service_binds(deployment: str, service: str) -> None:
+    """Readiness is /readyz, liveness /healthz, on the named port 'ops', which is the port the
+    service binds with the ConfigMap's STRAINWATCH_OPS_BIND (a host alone: its default port)."""
+    from strainwatch.ops.server import resolve_bind
+
+    objects = render(K8S / "overlays" / "example")
+    (container,) = of_kind(objects, "Deployment")[deployment]["spec"]["template"]["spec"]["containers"]
+    (config,) = [c for c in of_kind(objects, "ConfigMap").values() if "STRAINWATCH_OPS_BIND" in c["data"]]
+    host, port = resolve_bind(None, service, {"STRAINWATCH_OPS_BIND": config["data"]["STRAINWATCH_OPS_BIND"]})
+    assert host == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["ops"] == port
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
