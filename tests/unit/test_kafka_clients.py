@@ -200,3 +200,19 @@ def test_every_kafka_client_construction_uses_kafka_clients() -> None:
     assert len(sites) >= 15
     app = (SERVICES / "processor" / "app.py").read_text()
     assert "broker_credentials=faust_credentials(" in app
+
+
+def test_secrets_outside_settings_also_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from strainwatch.config import secret_from_env
+
+    monkeypatch.setenv("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN", "from-env")
+    assert secret_from_env("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN") == "from-env"
+    (tmp_path / "hook").write_text("from-file\n")
+    monkeypatch.setenv("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN_FILE", str(tmp_path / "hook"))
+    assert secret_from_env("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN") == "from-file"
+    monkeypatch.setenv("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match=r"STRAINWATCH_GRAFANA_WEBHOOK_TOKEN_FILE .*missing"):
+        secret_from_env("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN")
+    monkeypatch.delenv("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN_FILE")
+    monkeypatch.delenv("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN")
+    assert secret_from_env("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN") == ""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import typer
 
 from strainwatch.alerts.channels import ChannelsConfig, ChannelsConfigError, load_channels
 from strainwatch.alerts.notify import url_is_valid
-from strainwatch.config import get_settings
+from strainwatch.config import get_settings, secret_from_env
 
 log = structlog.get_logger("strainwatch.alerts")
 
@@ -58,7 +57,7 @@ def run(
         except ValueError as error:
             typer.echo(f"error: --grafana-webhook-bind: {error}", err=True)
             raise typer.Exit(2) from None
-    webhook_token = os.environ.get("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN", "")
+    webhook_token = secret_from_env("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN")  # or _FILE
     settings = get_settings()
     config = load_or_exit(channels_file or settings.channels_file)
     log.info(

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 
 import typer
 
+from strainwatch.config import secret_from_env
 from strainwatch.dashboards import alert_rules, provisioning
 from strainwatch.dashboards.rules_validate import (
     RuleValidationError,
@@ -431,7 +432,7 @@ def publish_command(
     STRAINWATCH_GRAFANA_INFLUX_URL when Grafana reaches InfluxDB at another address); the contact
     point at STRAINWATCH_GRAFANA_WEBHOOK_URL (default http://127.0.0.1:8095/grafana/alerts) with the
     token in STRAINWATCH_GRAFANA_WEBHOOK_TOKEN."""
-    token = os.environ.get(token_env, "")
+    token = secret_from_env(token_env)  # or the file <token_env>_FILE names
     if not token:
         typer.echo(f"error: --token-env {token_env}: the environment variable is not set or empty", err=True)
         raise typer.Exit(2)
@@ -445,7 +446,7 @@ def publish_command(
     )
     webhook = WebhookTarget(
         os.environ.get("STRAINWATCH_GRAFANA_WEBHOOK_URL") or DEFAULT_WEBHOOK_URL,
-        os.environ.get("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN", ""),
+        secret_from_env("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN"),
     )
     try:
         check_url(url)
