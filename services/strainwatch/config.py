@@ -211,18 +211,3 @@ def secret_from_env(name: str) -> str:
             raise ConfigError(f"{name}_FILE {path} is empty")
         return value
     return os.environ.get(name, "")
-
-
-def secret_from_env(name: str) -> str:
-    """A secret that is not a Settings field (e.g. STRAINWATCH_GRAFANA_WEBHOOK_TOKEN): the content of
-    the file `<name>_FILE` names (trailing newline removed) wins over the variable `<name>`."""
-    path = os.environ.get(f"{name}_FILE")
-    if path:
-        try:
-            value = Path(path).read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise ConfigError(f"{name}_FILE {path}: {error.strerror or error}") from None
-        if not value:
-            raise ConfigError(f"{name}_FILE {path} is empty")
-        return value
-    return os.environ.get(name, "")
