@@ -64,6 +64,7 @@ demo: setup
 
 bench: setup jars
 	$(BIN)/python bench/processor_throughput.py
+	$(BIN)/python bench/report_scale.py
 
 stack-down: $(STAMP)
 	$(BIN)/strainwatch stack down

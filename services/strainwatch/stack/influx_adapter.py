@@ -23,7 +23,7 @@ def build_app(influxd: str) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
 
     async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
-        app["session"] = ClientSession(timeout=ClientTimeout(total=60))
+        app["session"] = ClientSession(timeout=ClientTimeout(total=600))
         yield
         await app["session"].close()
 
