@@ -178,7 +178,8 @@ def test_remote_influx_without_token_exits_2_with_a_clear_message(monkeypatch: p
 
 # every Kafka client constructed in services/ takes its security from kafka_clients
 _CONSTRUCTORS = re.compile(
-    r"\b(AIOKafkaProducer|AIOKafkaConsumer|AIOKafkaAdminClient|KafkaProducer|KafkaConsumer|KafkaAdminClient)\("
+    r"\b(AIOKafkaProducer|AIOKafkaConsumer|AIOKafkaAdminClient|KafkaProducer|KafkaConsumer|KafkaAdminClient"
+    r"|KafkaProbe)\("
 )
 
 
@@ -195,6 +196,9 @@ def test_every_kafka_client_construction_uses_kafka_clients() -> None:
                     break
             call = text[match.start() : end + 1]
             sites.append(path.name)
+            if match.group(1) == "KafkaProbe":  # ops/kafka.py: takes aiokafka's arguments as a mapping
+                assert "aiokafka_security(" in call, f"{path.relative_to(SERVICES)}: {call[:200]}"
+                continue
             expected = "aiokafka_security(" if match.group(1).startswith("AIO") else "kafka_python_security("
             assert f"**{expected}" in call, f"{path.relative_to(SERVICES)}: {call[:200]}"
     assert len(sites) >= 15
