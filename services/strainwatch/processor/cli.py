@@ -54,8 +54,9 @@ def run_processor(thresholds: str | None = None, ops_bind: str | None = None) ->
             try:
                 await ops.start()
             except OSError as error:
+                # an address that was asked for and cannot be bound: a configuration error
                 log.error("ops server cannot bind", bind=ops.bind, error=str(error))
-                raise
+                os._exit(2)
             if ops.url:
                 log.info("ops server started", url=ops.url)
             self._watch_task = asyncio.ensure_future(processor.watch())
