@@ -113,14 +113,14 @@ def _latest(bootstrap: str, topic: str, key: bytes) -> tuple[bool, bytes | None]
 
 
 def test_erase_removes_one_worker_everywhere_and_the_processor_does_not_resurrect_it(
-    kafka: Broker, influx: Influx, run_processor: object, tmp_path: Path
+    broker: Broker, influx: Influx, run_processor: object, tmp_path: Path
 ) -> None:
     database = influx.new_database()
-    env = processor_env(kafka, influx, database, tmp_path / "state")
+    env = processor_env(broker, influx, database, tmp_path / "state")
     start = _hour_start()
-    _produce_roster(kafka.bootstrap, [ERASED, KEPT])
+    _produce_roster(broker.bootstrap, [ERASED, KEPT])
     processor = run_processor(env)  # type: ignore[operator]
-    produced = _produce_frames(kafka.bootstrap, [ERASED, KEPT], start, 60)
+    produced = _produce_frames(broker.bootstrap, [ERASED, KEPT], start, 60)
     ql = influx.ql(database)
     wait_for(
         lambda: int(ql.scalar('SELECT SUM("frames") FROM "windows"."exposure"')) == produced,
@@ -181,7 +181,7 @@ def test_erase_removes_one_worker_everywhere_and_the_processor_does_not_resurrec
     # every state topic's latest record for the worker is a tombstone
     group = env["STRAINWATCH_PROCESSOR_GROUP"]
     for topic in (f"{group}-worker-state-changelog", f"{group}-roster-changelog", ROSTER.name):
-        seen, value = _latest(kafka.bootstrap, topic, ERASED.encode())
+        seen, value = _latest(broker.bootstrap, topic, ERASED.encode())
         assert seen and value is None, topic
 
     # restart: the table restores from the changelog; new frames of the worker in the same hour
@@ -189,7 +189,7 @@ def test_erase_removes_one_worker_everywhere_and_the_processor_does_not_resurrec
     assert processor.terminate() == 0  # type: ignore[attr-defined]
     restarted = run_processor(env)  # type: ignore[operator]
     later = start + timedelta(seconds=120)
-    more = _produce_frames(kafka.bootstrap, [ERASED], later, 60)
+    more = _produce_frames(broker.bootstrap, [ERASED], later, 60)
     wait_for(
         lambda: (
             int(ql.scalar(f'SELECT SUM("frames") FROM "windows"."exposure" WHERE "worker" = \'{ERASED}\''))
@@ -256,3 +256,74 @@ def test_the_stack_sets_raw_posture_retention_on_an_existing_topic(kafka: Broker
     # the broker applies a config change through its metadata log: visible within moments
     wait_for(lambda: retention() == 2 * 86_400_000, timeout_s=15, what="the new retention")
     assert config("max.message.bytes") == POSTURE_EVENTS.max_message_bytes  # the rest stays as it was
+
+
+def test_site_scoped_erase_without_a_running_processor(
+    broker: Broker, influx: Influx, tmp_path: Path
+) -> None:
+    """`--site` narrows the InfluxDB deletion; with no processor running nothing is waited for (on
+    Tansu, the local stack's default broker, too)."""
+    database = influx.new_database()
+    env = processor_env(broker, influx, database, tmp_path / "state")
+    ts = int(_hour_start().timestamp())
+    lines = []
+    for site in ("plant-a", "plant-b"):
+        lines += [
+            f"exposure,site={site},team=t,task=k,worker={ERASED} frames=1i {ts}",
+            f"exposure_hourly,site={site},team=t,task=k,worker={ERASED} windows=1i {ts}",
+        ]
+    # the windows retention policy holds `exposure`, the default one the rest
+    _write_lines(influx, database, [line for line in lines if line.startswith("exposure_hourly")])
+    req = urllib.request.Request(
+        f"{influx.url}/write?db={database}&rp=windows&precision=s",
+        data="\n".join(line for line in lines if line.startswith("exposure,")).encode(),
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 204
+    assert _counts(influx, database, ERASED) == {"autogen.exposure_hourly": 2, "windows.exposure": 2}
+
+    result = _cli(env, "privacy", "erase", "--worker", ERASED, "--site", "plant-a", "--wait-s", "5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = orjson.loads(result.stdout)
+    assert report["points_deleted"] == {"autogen.exposure_hourly": 1, "windows.exposure": 1}
+    assert report["confirmed_by"] == [] and report["unconfirmed"] == []
+    ql = influx.ql(database)
+    left = ql.query(
+        f'SELECT count("windows") FROM "exposure_hourly" WHERE "worker" = \'{ERASED}\' GROUP BY "site"'
+    )
+    assert [(s["tags"]["site"], s["values"][0][1]) for s in left] == [("plant-b", 1)]
+    left = ql.query(
+        f'SELECT count("frames") FROM "windows"."exposure" WHERE "worker" = \'{ERASED}\' GROUP BY "site"'
+    )
+    assert [(s["tags"]["site"], s["values"][0][1]) for s in left] == [("plant-b", 1)]
+
+
+def test_a_state_restore_skips_a_key_whose_latest_record_is_a_tombstone(broker: Broker) -> None:
+    """The alerting service's restore (alerts/state_topic.read_to_end) reads each key's latest
+    record, so an erased worker stays erased before the log cleaner has compacted anything."""
+    import asyncio
+
+    from strainwatch.alerts.state_topic import read_to_end
+
+    topic = "alerts.state.v1"
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    from kafka.admin import NewTopic
+
+    admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    for key, value in (
+        (b"w-a", b"a1"),
+        (b"w-b", b"b1"),
+        (b"w-a", b"a2"),
+        (b"w-b", None),  # erased
+        (b"w-c", None),  # a tombstone for a key never written
+    ):
+        producer.send(topic, key=key, value=value, partition=0).get(10)
+    producer.close()
+
+    async def restore() -> list[tuple[int, bytes]]:
+        return [item async for item in read_to_end(broker.bootstrap, topic, {0})]
+
+    assert asyncio.run(restore()) == [(0, b"a2")]

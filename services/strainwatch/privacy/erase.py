@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 
 from strainwatch.config import Settings
-from strainwatch.kafka_clients import kafka_python_security
+from strainwatch.kafka_clients import aiokafka_security, kafka_python_security
 from strainwatch.privacy.request import ErasureRequest
 from strainwatch.privacy.services import worker_digest
 from strainwatch.stack.influx_setup import InfluxServer, detect, influxql, request, split_windows_bucket
@@ -66,6 +66,7 @@ class ErasureReport:
     request: dict[str, int]
     confirmed_by: list[str] = field(default_factory=list)
     unconfirmed: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -230,36 +231,75 @@ def wait_for_groups(
     """Wait until each consumer group of privacy.erasures.v1 that has members has committed past the
     request; returns (confirmed, unconfirmed) groups. A group without members (service stopped) has
     nothing in memory: it restores from the tombstoned changelogs when it starts."""
-    from kafka import KafkaAdminClient, TopicPartition
+    import asyncio
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **kafka_python_security())
+    return asyncio.run(_wait_for_groups(settings, placed, timeout_s))
+
+
+async def _wait_for_groups(
+    settings: Settings, placed: dict[str, int], timeout_s: float
+) -> tuple[list[str], list[str]]:
+    import asyncio
+
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    # aiokafka's admin, not kafka-python's: the latter cannot parse Tansu's DescribeGroups answer
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **aiokafka_security())
+    await admin.start()
     tp = TopicPartition(PRIVACY_ERASURES.name, placed["partition"])
     wanted = placed["offset"] + 1
     try:
         groups = [settings.processor_group]
-        described = admin.describe_groups(groups)
-        active = [group for group in groups if (described.get(group) or {}).get("members")]
+        pending = [group for group in groups if await _has_members(admin, group)]
         confirmed: list[str] = []
         deadline = time.monotonic() + timeout_s
-        pending = list(active)
         while pending and time.monotonic() < deadline:
             for group in list(pending):
-                offsets = admin.list_group_offsets({group: [tp]}).get(group) or {}
+                offsets = await admin.list_consumer_group_offsets(group, partitions=[tp])
                 meta = offsets.get(tp)
                 if meta is not None and meta.offset is not None and meta.offset >= wanted:
                     pending.remove(group)
                     confirmed.append(group)
             if pending:
-                time.sleep(0.2)
+                await asyncio.sleep(0.2)
         return confirmed, pending
     finally:
-        admin.close()
+        await admin.close()
+
+
+async def _has_members(admin: Any, group: str) -> bool:
+    """True if the consumer group has members now. A broker where no group ever committed has no
+    coordinator for it yet (CoordinatorNotAvailable until the offsets topic exists): no members
+    either; a coordinator that is only moving answers again within seconds."""
+    import asyncio
+
+    from aiokafka.errors import KafkaError as AIOKafkaError
+
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            responses = await admin.describe_consumer_groups([group])
+        except AIOKafkaError as error:
+            if time.monotonic() >= deadline:
+                log.info("consumer group not known to the broker", group=group, error=type(error).__name__)
+                return False
+        else:
+            for response in responses:
+                for described in response.groups:
+                    # (error_code, group_id, state, protocol_type, protocol, members, ...)
+                    if described[1] == group and described[0] == 0:
+                        return bool(described[5])
+            if time.monotonic() >= deadline:
+                return False
+        await asyncio.sleep(0.5)
 
 
 # --- the erasure ---------------------------------------------------------------------------------
 
 
 def erase(settings: Settings, worker: str, site: str | None = None, wait_s: float = 60.0) -> ErasureReport:
+    started = time.monotonic()
     try:
         token = settings.influx_token.get_secret_value()
     except ValueError as error:  # ConfigError: no token for a remote InfluxDB
@@ -297,6 +337,7 @@ def erase(settings: Settings, worker: str, site: str | None = None, wait_s: floa
         request=placed,
         confirmed_by=confirmed,
         unconfirmed=unconfirmed,
+        elapsed_s=round(time.monotonic() - started, 2),
     )
     log.info(
         "worker erased",
