@@ -13,20 +13,22 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCAL_INFLUX_TOKEN = "strainwatch-local-token"
+LOCAL_MQTT_PASSWORD = "strainwatch-local-mqtt"
 
 
 class MissingSecret(SecretStr):
     """A secret that was not configured: reading it raises ConfigError with what to set."""
 
-    def __init__(self, variable: str, url: str) -> None:
+    def __init__(self, variable: str, url: str, what: str = "token") -> None:
         super().__init__("")
         self.variable = variable
         self.url = url
+        self.what = what
 
     def get_secret_value(self) -> str:
         raise ConfigError(
-            f"{self.variable} (or {self.variable}_FILE) is required for {self.url}: the built-in token "
-            "belongs to the local stack and is only sent to a loopback InfluxDB URL"
+            f"{self.variable} (or {self.variable}_FILE) is required for {self.url}: the built-in "
+            f"{self.what} belongs to the local stack and is only sent to a loopback address"
         )
 
 
@@ -76,7 +78,7 @@ class Settings(BaseSettings):
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(11883, ge=1, le=65535)
     mqtt_username: str = Field("strainwatch-gateway", description="the gateway's MQTT account")
-    mqtt_password: SecretStr = SecretStr("strainwatch-local-mqtt")
+    mqtt_password: SecretStr = SecretStr(LOCAL_MQTT_PASSWORD)  # loopback only, like the token
     mqtt_tls: bool = Field(False, description="TLS to the MQTT broker (system CA store)")
     mqtt_client_id: str = Field(
         "strainwatch-gateway", description="fixed: the gateway's persistent session (queued frames)"
@@ -150,6 +152,14 @@ class Settings(BaseSettings):
             # services without InfluxDB (the gateway) start; any use of the token refuses clearly
             object.__setattr__(
                 self, "influx_token", MissingSecret("STRAINWATCH_INFLUX_TOKEN", self.influx_url)
+            )
+        if self.mqtt_password.get_secret_value() == LOCAL_MQTT_PASSWORD and not is_local_url(
+            f"mqtt://{self.mqtt_host}"
+        ):
+            object.__setattr__(
+                self,
+                "mqtt_password",
+                MissingSecret("STRAINWATCH_MQTT_PASSWORD", f"MQTT host {self.mqtt_host}", "password"),
             )
         if self.kafka_security_protocol.startswith("SASL_") and not (
             self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()

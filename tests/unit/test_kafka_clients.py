@@ -220,3 +220,12 @@ def test_secrets_outside_settings_also_from_files(tmp_path: Path, monkeypatch: p
     monkeypatch.delenv("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN_FILE")
     monkeypatch.delenv("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN")
     assert secret_from_env("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN") == ""
+
+
+def test_local_mqtt_password_only_for_a_loopback_host() -> None:
+    assert Settings().mqtt_password.get_secret_value() == "strainwatch-local-mqtt"
+    remote = Settings(mqtt_host="mqtt.plant.example")
+    with pytest.raises(ConfigError, match=r"STRAINWATCH_MQTT_PASSWORD .*mqtt\.plant\.example"):
+        remote.mqtt_password.get_secret_value()
+    given = Settings(mqtt_host="mqtt.plant.example", mqtt_password="site-password")
+    assert given.mqtt_password.get_secret_value() == "site-password"
