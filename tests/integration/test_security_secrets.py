@@ -77,6 +77,8 @@ def test_no_secret_reaches_any_log_or_output(
     token_file.write_text(SECRETS["influx_token"] + "\n")
     sasl_file = files / "sasl.password"
     sasl_file.write_text(SECRETS["sasl_password"] + "\n")
+    (files / "mqtt.password").write_text(SECRETS["mqtt_password"] + "\n")
+    (files / "webhook.token").write_text(SECRETS["webhook_token"] + "\n")
     mosquitto_port = free_port()
     mosquitto = mosquitto_stack.start_mosquitto(tmp_path / "mqtt", mosquitto_port, SECRETS["mqtt_password"])
     database = influx.new_database()
@@ -92,13 +94,20 @@ def test_no_secret_reaches_any_log_or_output(
         "STRAINWATCH_OPS_BIND": "off",
         "STRAINWATCH_BROKER_SESSION_TIMEOUT_S": "6",
     }
-    # the password and the token from files for the services, from the environment for the rest
+    # every secret from a file for the services, from the environment for the commands
     env_files = {
         **env,
         "STRAINWATCH_INFLUX_TOKEN_FILE": str(token_file),
         "STRAINWATCH_KAFKA_SASL_PASSWORD_FILE": str(sasl_file),
+        "STRAINWATCH_MQTT_PASSWORD_FILE": str(files / "mqtt.password"),
+        "STRAINWATCH_GRAFANA_WEBHOOK_TOKEN_FILE": str(files / "webhook.token"),
     }
-    del env_files["STRAINWATCH_KAFKA_SASL_PASSWORD"]
+    for variable in (
+        "STRAINWATCH_KAFKA_SASL_PASSWORD",
+        "STRAINWATCH_MQTT_PASSWORD",
+        "STRAINWATCH_GRAFANA_WEBHOOK_TOKEN",
+    ):
+        del env_files[variable]
     env_plain = {**env, "STRAINWATCH_INFLUX_TOKEN": SECRETS["influx_token"]}
     for name, value in env_plain.items():
         monkeypatch.setenv(name, value)
@@ -211,6 +220,7 @@ def test_no_secret_reaches_any_log_or_output(
         for proc in services:
             assert proc.terminate() == 0, proc.log()
         assert '"level": "debug"' in processor.full_log()  # the most verbose level was searched
+        assert '"token": true' in alerting.full_log()  # the webhook token was read from its file
     finally:
         for proc in services:
             proc.stop()
