@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from strainwatch.privacy.services import worker_digest
 from strainwatch.topics import POSTURE_EVENTS, ROSTER
-from tests.integration.conftest import Broker, Influx, processor_env
+from tests.integration.conftest import Broker, Influx, ProcessorProc, processor_env
 from tests.integration.pipeline import PROFILES
 from tests.support import encode, frame, wait_for
 
@@ -97,6 +98,9 @@ def _latest(bootstrap: str, topic: str, key: bytes) -> tuple[bool, bytes | None]
     """(seen, value of the key's latest record) over every partition of a topic."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    if not tps:  # not created yet
+        consumer.close()
+        return False, None
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
     ends = consumer.end_offsets(tps)
@@ -327,3 +331,107 @@ def test_a_state_restore_skips_a_key_whose_latest_record_is_a_tombstone(broker: 
         return [item async for item in read_to_end(broker.bootstrap, topic, {0})]
 
     assert asyncio.run(restore()) == [(0, b"a2")]
+
+
+def _alert(worker: str, at: datetime) -> dict[str, object]:
+    return {
+        "schema_version": 1,
+        "alert_id": str(uuid.uuid4()),
+        "worker_id": worker,
+        "site_id": "plant-1",
+        "team": "assembly",
+        "kind": "conditioning_break",
+        "ts": at.isoformat().replace("+00:00", "Z"),
+        "segment": "neck_flexion",
+        "dose": 600.0,
+        "routine": ["chin tucks", "upper-trapezius stretch", "slow neck rotations"],
+        "thresholds_version": "default@1",
+    }
+
+
+def _restored_records(log: str, message: str) -> int:
+    total = 0
+    for line in log.splitlines():
+        if message in line and line.startswith("{"):
+            total += int(orjson.loads(line).get("records", 0))
+    return total
+
+
+def test_the_alerting_service_forgets_an_erased_worker(kafka: Broker, influx: Influx, tmp_path: Path) -> None:
+    """The running alerting service (delivery loop and outcome tracker) drops the worker when the
+    request arrives, tombstones its state behind anything it wrote, and restores without it."""
+    database = influx.new_database()
+    env = {
+        "STRAINWATCH_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "STRAINWATCH_INFLUX_URL": influx.url,
+        "STRAINWATCH_INFLUX_BUCKET": database,
+        "STRAINWATCH_BROKER_SESSION_TIMEOUT_S": "6",
+        "STRAINWATCH_PROCESSOR_GROUP": f"proc-{uuid.uuid4().hex[:8]}",
+        "STRAINWATCH_LOG_FORMAT": "json",
+    }
+    _produce_roster(kafka.bootstrap, [ERASED, KEPT])
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+    for worker in (ERASED, KEPT):
+        producer.send("alerts.break.v1", key=worker.encode(), value=orjson.dumps(_alert(worker, at))).get(10)
+    producer.close()
+    service = ProcessorProc(env, tmp_path / "alerts-0.log", command=("alerts", "run"))
+    service.start()
+    try:
+        for topic in ("alerts.state.v1", "alerts.outcomes.state.v1"):
+            for worker in (ERASED, KEPT):
+                wait_for(
+                    lambda t=topic, w=worker: _latest(kafka.bootstrap, t, w.encode())[1] is not None,
+                    timeout_s=60,
+                    what=f"{worker}'s state in {topic}",
+                )
+        ql = influx.ql(database)
+        prompts = 'SELECT count(*) FROM "break_prompt" WHERE "worker" = \'{}\''
+        wait_for(
+            lambda: ql.query(prompts.format(ERASED)), timeout_s=30, what="the erased worker's prompt point"
+        )
+
+        result = _cli(env, "privacy", "erase", "--worker", ERASED, "--wait-s", "5")
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = orjson.loads(result.stdout)
+        assert {"alerts.state.v1", "alerts.outcomes.state.v1", ROSTER.name} <= set(
+            report["tombstoned_topics"]
+        )
+        assert report["points_deleted"].get("autogen.break_prompt") == 1
+        digest = worker_digest(ERASED)
+        for part in ("delivery", "outcomes"):
+            wait_for(
+                lambda p=part: any(
+                    f'"service": "{p}"' in line and digest in line and "erasure applied" in line
+                    for line in service.full_log().splitlines()
+                ),
+                timeout_s=20,
+                what=f"the alerting service's {part} to apply the erasure",
+            )
+        for topic in ("alerts.state.v1", "alerts.outcomes.state.v1"):
+            assert _latest(kafka.bootstrap, topic, ERASED.encode()) == (True, None), topic
+            assert _latest(kafka.bootstrap, topic, KEPT.encode())[1] is not None, topic
+        assert not ql.query(prompts.format(ERASED))
+        assert ql.query(prompts.format(KEPT))
+
+        # restarted, it restores the kept worker only
+        assert service.terminate() == 0
+        restarted = ProcessorProc(env, tmp_path / "alerts-1.log", command=("alerts", "run"))
+        restarted.start()
+        try:
+            wait_for(
+                lambda: (
+                    "delivery state restored" in restarted.full_log()
+                    and '"state restored"' in restarted.full_log()
+                ),
+                timeout_s=60,
+                what="the restarted service's restores",
+            )
+            log = restarted.full_log()
+            assert _restored_records(log, "delivery state restored") == 1
+            assert _restored_records(log, '"state restored"') == 1
+            assert ERASED not in log
+        finally:
+            restarted.stop()
+    finally:
+        service.stop()

@@ -100,6 +100,24 @@ def forget_workers(states: Iterable[dict[str, Any]], worker: str) -> bool:
     return found
 
 
+async def _partitions(settings: Any, topic: str) -> list[int]:
+    """The topic's partition ids, none if it does not exist (a group-less consumer knows only the
+    topics it was assigned, and aiokafka's topics() does not fill its metadata on Apache Kafka)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from strainwatch.kafka_clients import aiokafka_security
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **aiokafka_security(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(
+        p["partition"] for d in described if not d.get("error_code") for p in d.get("partitions") or []
+    )
+
+
 class ErasureInbox:
     """Workers to forget, per consumer loop: the follower fills every subscriber's set, each loop
     drains its own at the start of its next batch (so no persist of the worker is in flight)."""
@@ -148,8 +166,7 @@ async def follow_erasures(settings: Any, stop: Any, inbox: ErasureInbox = INBOX)
         )
         try:
             await reader.start()
-            await reader.topics()  # loads the cluster's metadata
-            partitions = reader.partitions_for_topic(PRIVACY_ERASURES.name)
+            partitions = await _partitions(settings, PRIVACY_ERASURES.name)
             if not partitions:
                 await reader.stop()
                 with contextlib.suppress(TimeoutError):
