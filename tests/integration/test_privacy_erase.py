@@ -435,3 +435,19 @@ def test_the_alerting_service_forgets_an_erased_worker(kafka: Broker, influx: In
             restarted.stop()
     finally:
         service.stop()
+
+
+def test_an_unreachable_kafka_is_a_clear_message(influx: Influx, tmp_path: Path) -> None:
+    from strainwatch.stack.procs import free_port
+
+    database = influx.new_database()
+    env = {
+        "STRAINWATCH_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "STRAINWATCH_INFLUX_URL": influx.url,
+        "STRAINWATCH_INFLUX_BUCKET": database,
+        "STRAINWATCH_STATE_DIR": str(tmp_path),
+    }
+    result = _cli(env, "privacy", "erase", "--worker", ERASED)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"privacy erase failed: Kafka at {env['STRAINWATCH_KAFKA_BOOTSTRAP']}" in result.stderr
+    assert "nothing erased" in result.stderr and "Traceback" not in result.stderr

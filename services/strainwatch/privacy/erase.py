@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from aiokafka.errors import KafkaError as AIOKafkaError
+from kafka.errors import KafkaError
 
 from strainwatch.config import Settings
 from strainwatch.kafka_clients import aiokafka_security, kafka_python_security
@@ -309,15 +311,23 @@ def erase(settings: Settings, worker: str, site: str | None = None, wait_s: floa
         before = count_points(server, settings, worker, site)
     except StackError as error:
         raise ErasureError(str(error)) from None
-    rostered = roster_entry(settings.kafka_bootstrap, worker)
+    try:
+        rostered = roster_entry(settings.kafka_bootstrap, worker)
+    except KafkaError as error:
+        raise ErasureError(f"Kafka at {settings.kafka_bootstrap}: {error}; nothing erased") from None
     if not before and not rostered:
         raise UnknownWorker(
             f"no data of worker {worker!r}{' at site ' + site if site else ''}: no point in InfluxDB "
             f"({settings.influx_bucket}, every retention policy) and no roster entry; nothing erased. "
             "Check the pseudonym (it may already have been erased)."
         )
-    topics, placed = publish(settings, worker, site)
-    confirmed, unconfirmed = wait_for_groups(settings, placed, wait_s)
+    try:
+        topics, placed = publish(settings, worker, site)
+        confirmed, unconfirmed = wait_for_groups(settings, placed, wait_s)
+    except (KafkaError, AIOKafkaError) as error:
+        raise ErasureError(
+            f"Kafka at {settings.kafka_bootstrap}: {error}; run the erasure again (it is idempotent)"
+        ) from None
     try:
         delete_points(server, settings, worker, site)
         after = count_points(server, settings, worker, site)
