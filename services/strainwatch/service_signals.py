@@ -1,4 +1,5 @@
-"""SIGTERM / SIGINT for the long-running services (alerting, gateway; docs/operations.md).
+"""SIGTERM / SIGINT and the ops server for the long-running services (alerting, gateway;
+docs/operations.md).
 
 The first signal asks the service to stop cleanly (outputs flushed, offsets committed) and starts a
 deadline: if the process is still there after it, it exits anyway, so a stop never takes more than
@@ -8,6 +9,7 @@ deadline: if the process is still there after it, it exits anyway, so a stop nev
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import sys
@@ -15,6 +17,11 @@ import threading
 from collections.abc import Callable
 
 import structlog
+import typer
+from prometheus_client import CollectorRegistry
+
+from strainwatch.ops.readiness import Readiness
+from strainwatch.ops.server import ENV_VAR, OpsServer
 
 log = structlog.get_logger("strainwatch.service")
 
@@ -46,6 +53,32 @@ def install_stop_signals(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+
+
+async def start_ops_server(
+    service: str,
+    bind: tuple[str, int] | None,
+    readiness: Readiness,
+    registry: CollectorRegistry,
+    cli_value: str | None,
+) -> OpsServer:
+    """/healthz, /readyz, /metrics on `bind`. When neither --ops-bind nor STRAINWATCH_OPS_BIND chose
+    it and the default port is taken (a second instance on this host), a free port instead (logged
+    with its URL); a bind that was asked for and fails exits with status 2."""
+    server = OpsServer(service, bind, readiness, registry)
+    try:
+        await server.start()
+    except OSError as error:
+        chosen = cli_value is not None or os.environ.get(ENV_VAR) is not None
+        if chosen or bind is None or error.errno != errno.EADDRINUSE:
+            typer.echo(f"error: cannot serve /healthz, /readyz, /metrics on {bind}: {error}", err=True)
+            raise typer.Exit(2) from None
+        log.warning("ops port taken, binding a free one", service=service, port=bind[1])
+        server = OpsServer(service, (bind[0], 0), readiness, registry)
+        await server.start()
+    if server.url:
+        log.info("ops endpoints", service=service, url=server.url)
+    return server
 
 
 def exit_on_next_signal(service: str) -> None:

@@ -446,7 +446,7 @@ def test_backs_off_while_kafka_is_down_and_stops_on_sigterm(alerts_proc: Any, tm
     }
     proc = alerts_proc(env).start()
     wait_for(
-        lambda: "kafka unavailable, backing off" in proc.log(),
+        lambda: '"kafka_unavailable"' in proc.log(),
         timeout_s=60,
         what="the service to report Kafka down",
     )

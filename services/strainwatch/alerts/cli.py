@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 
 import structlog
@@ -44,11 +43,27 @@ def run(
         help="host:port of Grafana's alert webhook (POST /grafana/alerts; 'off': none); "
         "token in STRAINWATCH_GRAFANA_WEBHOOK_TOKEN",
     ),
+    ops_bind: str | None = typer.Option(
+        None,
+        "--ops-bind",
+        help="host:port of /healthz, /readyz and /metrics (default STRAINWATCH_OPS_BIND, else "
+        "127.0.0.1:9311; a host alone keeps port 9311; 'off': none)",
+    ),
 ) -> None:
     """Consume alerts.break.v1, apply the delivery policy, send device commands and channel messages;
     forward Grafana's manager alerts to the sites' channels."""
     from strainwatch.alerts.grafana_webhook import parse_bind
     from strainwatch.alerts.service import run_service
+    from strainwatch.ops.metrics import ServiceMetrics
+    from strainwatch.ops.readiness import Readiness
+    from strainwatch.ops.server import resolve_bind
+    from strainwatch.service_signals import exit_on_next_signal, install_stop_signals, start_ops_server
+
+    try:
+        ops = resolve_bind(ops_bind, "alerting")
+    except ValueError as error:
+        typer.echo(f"error: --ops-bind / STRAINWATCH_OPS_BIND: {error}", err=True)
+        raise typer.Exit(2) from None
 
     webhook_bind = None if grafana_webhook_bind.strip().lower() in ("", "off") else grafana_webhook_bind
     if webhook_bind is not None:
@@ -58,6 +73,9 @@ def run(
             typer.echo(f"error: --grafana-webhook-bind: {error}", err=True)
             raise typer.Exit(2) from None
     webhook_token = secret_from_env("STRAINWATCH_GRAFANA_WEBHOOK_TOKEN")  # or _FILE
+    from strainwatch.gateway.log_limits import limit_kafka_client_logs
+
+    limit_kafka_client_logs()  # with the broker gone aiokafka logs every reconnect attempt
     settings = get_settings()
     config = load_or_exit(channels_file or settings.channels_file)
     log.info(
@@ -68,12 +86,21 @@ def run(
 
     async def main() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run_service(settings, config, stop, webhook_bind, webhook_token)
+        install_stop_signals(asyncio.get_running_loop(), stop.set, service="alerting")
+        readiness = Readiness()
+        metrics = ServiceMetrics("alerting")
+        server = await start_ops_server("alerting", ops, readiness, metrics.registry, ops_bind)
+        try:
+            await run_service(
+                settings, config, stop, webhook_bind, webhook_token, readiness=readiness, metrics=metrics
+            )
+        finally:
+            await server.stop()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        exit_on_next_signal("alerting")  # asyncio.run restored the handlers it replaced
 
 
 def register(app: typer.Typer) -> None:

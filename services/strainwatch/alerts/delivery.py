@@ -10,16 +10,23 @@ Per batch, in this order (a kill can land between any two steps):
 A kill before 2 re-decides the same alerts after the restart and delivers them once. A kill between
 2 and 4 delivers again after the restart: the device command keeps its command_id (uuid5 of the
 alert id) so a device drops the repeat; a channel message is sent twice.
+
+A batch whose decisions reached alerts.prompts.v1 but whose state did not (Kafka went away or the
+process died between 3 and 4) is not decided twice: restoring a partition also reads the last
+RECENT_DECISIONS decisions of the same partition of alerts.prompts.v1 (co-partitioned by worker,
+written only by this service), and an alert found there is recorded as decided without a second
+decision, command or message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import os
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +36,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from kafka.errors import KafkaError as KafkaPythonError
 from pydantic import ValidationError
 
 from strainwatch.alerts import policy as pol
@@ -49,6 +57,10 @@ from strainwatch.events import (
 from strainwatch.exposure.thresholds import load_thresholds
 from strainwatch.kafka_clients import aiokafka_security
 from strainwatch.logs import RateLimitedLog
+from strainwatch.ops.metrics import ServiceMetrics
+from strainwatch.ops.readiness import Readiness
+from strainwatch.ops.retry import OutageLog, RetryPolicy, RetryStopped, default_is_permanent
+from strainwatch.ops.retry import describe as describe_error
 from strainwatch.privacy.services import INBOX, worker_digest
 from strainwatch.processor.sink import InfluxSink, SinkStopped
 from strainwatch.storage.measurements import break_prompt_line
@@ -65,11 +77,21 @@ log = structlog.get_logger("strainwatch.alerts")
 
 GROUP = "strainwatch-alerting"
 MAX_BATCH = 500
+# decisions read back from the end of each restored partition of alerts.prompts.v1: a batch's
+# decisions plus late ones, with room to spare
+RECENT_DECISIONS = 4 * MAX_BATCH
 # Test hook: when set, the service writes this file and waits (for a kill) before delivering a batch.
 PAUSE_HOOK_ENV = "STRAINWATCH_ALERTS_PAUSE_BEFORE_DELIVERY"
 # A pending nudge is dropped by the wall clock this long after its wait ended when no frame says so.
 PENDING_GRACE_S = 5.0
 STOP_GRACE_S = 15.0  # a batch in progress at SIGTERM may finish within this
+CLOSE_TIMEOUT_S = 5.0  # closing a Kafka client with the broker gone
+# /readyz and lag: a request to the broker every PROBE_INTERVAL_S (a consumer's fetches do not
+# fail while the broker is gone, they just return nothing)
+PROBE_INTERVAL_S = 2.0
+PROBE_TIMEOUT_S = 5.0
+# sessions restart through ops/retry.py (tenacity: exponential, capped, outage logged once)
+KAFKA_RETRY = RetryPolicy(initial_s=0.5, cap_s=10.0)
 
 
 def command_id(alert_id: uuid.UUID) -> uuid.UUID:
@@ -83,6 +105,12 @@ def _now() -> datetime:
 
 class Stopping(Exception):
     """The service was asked to stop while it waited for Kafka."""
+
+
+class SinkRefused(Exception):
+    """InfluxDB refused a write for good (401/403/404): retrying cannot fix it."""
+
+    retryable = False
 
 
 @dataclass
@@ -126,7 +154,27 @@ class WorkerBook:
 
 
 class DeliveryService:
-    def __init__(self, settings: Settings, config: ChannelsConfig, stop: asyncio.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        config: ChannelsConfig,
+        stop: asyncio.Event,
+        *,
+        readiness: Readiness | None = None,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self.readiness = readiness if readiness is not None else Readiness()
+        self.readiness.expect("kafka")
+        self.readiness.expect("delivery", "state not restored yet")
+        self.metrics = metrics if metrics is not None else ServiceMetrics("alerting")
+        self._outage = OutageLog(log, "kafka")
+        self._uncommitted_since: float | None = None  # monotonic: first consumed record not committed
+        self.metrics.read_checkpoint_age(self._checkpoint_age)
+        self._lag = 0
+        self._sink_failures_seen = 0
+        self._rebalanced = False
+        # alert id -> its decision, read back from alerts.prompts.v1 at restore (see module doc)
+        self._published: dict[str, PromptDecision] = {}
         self.settings = settings
         self.config = config
         self.stop = stop
@@ -148,6 +196,9 @@ class DeliveryService:
             settings.influx_token.get_secret_value(),
             settings.influx_org,
             settings.influx_bucket,
+            # the sink sets `influx` itself: not ok while writes retry, fatal on 401/403/404
+            readiness=self.readiness,
+            check="influx",
         )
         self._late: list[tuple[str, pol.Decision]] = []  # decided by posture frames or the clock
         self._errors = RateLimitedLog(log, interval_s=10.0)
@@ -158,18 +209,29 @@ class DeliveryService:
 
     # ---- the loop -------------------------------------------------------------------------
     async def run(self) -> None:
-        backoff = 0.5
         try:
             while not self.stop.is_set():
                 try:
-                    await self._session()
-                    backoff = 0.5
-                except Stopping:
+                    # a session ends by an error (Kafka gone, a send that timed out): the policy
+                    # backs off and starts a new one, which restores the state from alerts.state.v1
+                    await KAFKA_RETRY.call(
+                        self._session,
+                        what="kafka",
+                        logger=log,
+                        stop=self.stop,
+                        retry_on=(KafkaError, KafkaPythonError, OSError),
+                        readiness=self.readiness,
+                        check="kafka",
+                        outage=self._outage,
+                    )
+                except (Stopping, RetryStopped):
                     break
-                except (KafkaError, OSError) as error:
-                    self._errors.warning("kafka", "kafka unavailable, backing off", error=str(error)[:300])
-                    await self._sleep(backoff)
-                    backoff = min(backoff * 2, 10.0)
+                except SinkRefused as error:
+                    # fatal on /readyz, said once; nothing is consumed or committed until a restart
+                    # with a fixed configuration (the batch is decided again then)
+                    log.warning("halted", part="delivery", reason=str(error))  # the sink logged the error
+                    self.readiness.set("influx", False, str(error), fatal=True)
+                    await self.stop.wait()
         finally:
             self.sink.request_stop()
             await self.sink.close()
@@ -182,8 +244,12 @@ class DeliveryService:
     async def _session(self) -> None:
         bootstrap = self.settings.kafka_bootstrap
         session_ms = int(self.settings.broker_session_timeout_s * 1000)
+        self.readiness.set("delivery", False, "starting a Kafka session")
         producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, **aiokafka_security(self.settings), acks="all", linger_ms=5
+            bootstrap_servers=bootstrap,
+            **aiokafka_security(self.settings),
+            acks="all",
+            linger_ms=5,
         )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -197,6 +263,8 @@ class DeliveryService:
         )
         roster_task: asyncio.Task[None] | None = None
         posture_task: asyncio.Task[None] | None = None
+        monitor: asyncio.Task[None] | None = None
+        self._rebalanced = False
         try:
             await producer.start()
             roster_ready = asyncio.Event()
@@ -207,21 +275,26 @@ class DeliveryService:
             if self.neutral_wanted:
                 posture_task = asyncio.create_task(self._follow_posture(), name="posture")
             log.info("delivery running", group=GROUP, channels=len(self.senders))
+            monitor = asyncio.create_task(self._monitor(consumer), name="monitor")
             while not self.stop.is_set():
                 for task in (roster_task, posture_task):
                     _raise_if_failed(task)  # a helper that died takes the session down (restart)
                 batches = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
                 await self._until_stopped(self._process(consumer, producer, batches))
         finally:
-            for task in (roster_task, posture_task):
+            self.readiness.set("delivery", False, "stopping" if self.stop.is_set() else "Kafka session ended")
+            for task in (roster_task, posture_task, monitor):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(BaseException):
                         await task
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            # bounded: with the broker gone a close can wait for requests that never complete
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(consumer.stop(), CLOSE_TIMEOUT_S)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(producer.stop(), CLOSE_TIMEOUT_S)
+            self._uncommitted_since = None
+            self._published = {}
             self.book = WorkerBook()
             self._assigned = set()
             self._restored_partitions = set()
@@ -246,6 +319,55 @@ class DeliveryService:
         finally:
             stopper.cancel()
 
+    async def _monitor(self, consumer: AIOKafkaConsumer) -> None:
+        """/readyz and the lag gauge: asks the broker for the assigned partitions' end offsets."""
+        while True:
+            try:
+                await asyncio.wait_for(self._probe(consumer), PROBE_TIMEOUT_S)
+            except (KafkaError, OSError, TimeoutError) as error:
+                failure = error if str(error) else KafkaError("no answer from the broker")
+                self._outage.failure(failure)
+                self.readiness.set("kafka", False, f"broker unreachable: {describe_error(failure)}")
+            else:
+                self._outage.recovered()
+                self.readiness.set("kafka", True, "connected")
+            self._count_sink_failures()
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        tps = sorted(consumer.assignment())
+        if not tps:
+            await consumer.topics()  # a metadata request
+            self._lag = 0
+            return
+        ends = await consumer.end_offsets(tps)
+        lag = 0
+        for tp in tps:
+            lag += max(0, ends[tp] - await consumer.position(tp))
+        self._lag = lag
+        self.metrics.consumer_lag.set(self._lag)
+
+    def _count_sink_failures(self) -> None:
+        failures = self.sink.write_failures
+        if failures > self._sink_failures_seen:
+            self.metrics.sink_write_errors.inc(failures - self._sink_failures_seen)
+        self._sink_failures_seen = failures
+
+    def _checkpoint_age(self) -> float:
+        since = self._uncommitted_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
+    async def _flush_sink(self) -> None:
+        try:
+            await self.sink.flush(give_up_when_stopping=True)
+        except SinkStopped:
+            raise Stopping from None
+        except Exception as error:
+            if default_is_permanent(error) or _refused_for_good(error):
+                raise SinkRefused(describe_error(error)) from error
+            raise
+        self._count_sink_failures()
+
     async def _wait_or_stop(self, event: asyncio.Event, task: asyncio.Task[None]) -> None:
         stop = asyncio.create_task(self.stop.wait())
         ready = asyncio.create_task(event.wait())
@@ -261,11 +383,17 @@ class DeliveryService:
     ) -> None:
         await self._restore_missing()
         await self._erase(producer)
+        if self._rebalanced:
+            self.readiness.set("delivery", True, f"state restored, {len(self._assigned)} partitions")
         outcomes: list[_Outcome] = []
         offsets: dict[TopicPartition, int] = {}
+        consumed = 0
         for tp, records in batches.items():
             if tp.partition not in self._assigned:
                 continue  # fetched before a rebalance took it away: its new owner decides these
+            consumed += len(records)
+            if records and self._uncommitted_since is None:
+                self._uncommitted_since = time.monotonic()
             for record in records:
                 offsets[tp] = record.offset + 1
                 outcome = self._decide(record.value, tp.partition)
@@ -277,12 +405,18 @@ class DeliveryService:
         if outcomes:
             self._pause_hook()
             await self._deliver(producer, outcomes)
+        elif len(self.sink):
+            await self._flush_sink()  # points of decisions read back at a restore
+        self.metrics.consumed.inc(consumed)
         await self._persist(producer)
         if offsets:
             try:
                 await consumer.commit(offsets)
             except KafkaError as error:  # rebalanced meanwhile: the new owner restores our state
                 log.warning("commit refused", error=str(error)[:300])
+            else:
+                self._uncommitted_since = None
+                self.metrics.processed.inc(consumed)
 
     async def _erase(self, producer: AIOKafkaProducer) -> None:
         """Erased workers (privacy/services.py): forgotten, their state record tombstoned, before
@@ -305,6 +439,7 @@ class DeliveryService:
             alert = BreakAlert.model_validate_json(raw or b"")
         except ValidationError as error:
             self.stats.bad_alerts += 1
+            self.metrics.dead_lettered("unreadable_alert")
             self._errors.warning("bad-alert", "unreadable alert skipped", error=str(error)[:300])
             return None
         worker = alert.worker_id
@@ -312,11 +447,50 @@ class DeliveryService:
         team = alert.team or (roster.team if roster else None)
         policy = self.config.policy(alert.site_id, team)
         state = self.book.state(worker, partition)
+        if self._already_published(alert, state):
+            self.book.dirty.add(worker)
+            return None
         result = pol.decide(alert, roster, policy, state, now=time.time())
         self.book.dirty.add(worker)
         if isinstance(result, pol.PendingNudge):
             return None  # decided later by the worker's frames or the clock
         return _Outcome(result, roster)
+
+    def _already_published(self, alert: BreakAlert, state: pol.WorkerPolicyState) -> bool:
+        """The alert's decision is on alerts.prompts.v1 but not in the restored state: record it as
+        decided (and a sent nudge in the budget), and decide nothing again."""
+        alert_id = str(alert.alert_id)
+        published = self._published.pop(alert_id, None)
+        if published is None:  # holds only decisions the restored state did not know
+            return False
+        state.pending.pop(alert_id, None)
+        counted = alert_id in state.decided  # a waiting nudge, settled at the restore
+        state.decided[alert_id] = pol.epoch(alert.ts)
+        if published.status == "sent" and published.kind == "posture_hold" and not counted:
+            bisect.insort(state.nudges_sent, pol.epoch(alert.ts))
+        self._write_point(published)  # its batch may have ended before its point was written
+        log.info("already decided before a restart", alert_id=alert_id, status=published.status)
+        return True
+
+    def _write_point(self, decision: PromptDecision) -> None:
+        """A decision's `break_prompt` point (same series and time: writing it again replaces it)."""
+        self.sink.add(
+            [
+                break_prompt_line(
+                    decision.site_id,
+                    decision.team,
+                    decision.worker_id,
+                    decision.kind,
+                    decision.segment,
+                    decision.status,
+                    decision.reason,
+                    str(decision.alert_id),
+                    decision.channels_ok,
+                    decision.channels_failed,
+                    pol.epoch(decision.alert_ts),
+                )
+            ]
+        )
 
     def _late_outcomes(self) -> list[_Outcome]:
         now = time.time() - PENDING_GRACE_S
@@ -389,10 +563,7 @@ class DeliveryService:
         for outcome in outcomes:
             deliveries.append(await self._publish_decision(producer, outcome))
         await self._await_all(deliveries)
-        try:
-            await self.sink.flush(give_up_when_stopping=True)
-        except SinkStopped:
-            raise Stopping from None
+        await self._flush_sink()
 
     async def _publish_decision(self, producer: AIOKafkaProducer, outcome: _Outcome) -> Awaitable[Any]:
         decision = outcome.decision
@@ -433,6 +604,8 @@ class DeliveryService:
             ]
         )
         self.stats.decided += 1
+        # the alert's event time -> its decision
+        self.metrics.end_to_end_delay.observe(max(0.0, time.time() - pol.epoch(alert.ts)))
         if decision.status == "sent":
             self.stats.sent += 1
         else:
@@ -501,12 +674,39 @@ class DeliveryService:
             self.book.states[worker] = state
             self.book.partition_of[worker] = partition
             restored += 1
+        recovered = await self._read_recent_decisions(partitions)
         log.info(
             "delivery state restored",
             partitions=sorted(partitions),
             records=restored,
+            decisions_not_in_state=recovered,
             seconds=round(time.monotonic() - started, 2),
         )
+
+    async def _read_recent_decisions(self, partitions: set[int]) -> int:
+        """The decisions at the end of these partitions of alerts.prompts.v1 that the restored state
+        does not know (their batch ended before its state was written). Waiting nudges among them
+        are decided already: they leave the pending list now."""
+        found = 0
+        async for _, value in read_tail(self.settings, ALERTS_PROMPTS.name, partitions, RECENT_DECISIONS):
+            try:
+                decision = PromptDecision.model_validate_json(value)
+            except ValidationError:
+                continue
+            alert_id = str(decision.alert_id)
+            state = self.book.states.get(decision.worker_id)
+            if state is not None and alert_id in state.decided:
+                continue
+            self._published[alert_id] = decision
+            found += 1
+            if state is not None and alert_id in state.pending:
+                pending = state.pending.pop(alert_id)
+                state.decided[alert_id] = pol.epoch(pending.alert.ts)
+                if decision.status == "sent" and decision.kind == "posture_hold":
+                    bisect.insort(state.nudges_sent, pol.epoch(pending.alert.ts))
+                self._write_point(decision)
+                self.book.dirty.add(decision.worker_id)
+        return found
 
     # ---- roster and posture ---------------------------------------------------------------
     async def _follow_roster(self, ready: asyncio.Event) -> None:
@@ -552,6 +752,7 @@ class DeliveryService:
         anything (_restore_missing): aiokafka may hand out their records before this listener
         runs, and it only logs a listener's exception."""
         before = self._assigned
+        self._rebalanced = True
         self.book.drop_partitions(before - partitions)
         self._restored_partitions &= partitions
         self._assigned = set(partitions)
@@ -621,6 +822,33 @@ class DeliveryService:
             self._late.append((worker, decision))
 
 
+async def read_tail(
+    settings: Settings, topic: str, partitions: set[int], n: int
+) -> AsyncIterator[tuple[int, bytes]]:
+    """(partition, value) of the last `n` records of each of these partitions, up to their end now."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, **aiokafka_security(settings), enable_auto_commit=False
+    )
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        reader.assign(tps)
+        ends = await reader.end_offsets(tps)
+        starts = await reader.beginning_offsets(tps)
+        for tp in tps:
+            reader.seek(tp, max(starts[tp], ends[tp] - n))
+        waiting = {tp for tp in tps if ends[tp] > max(starts[tp], ends[tp] - n)}
+        while waiting:
+            batches = await reader.getmany(*waiting, timeout_ms=500)
+            for tp, records in batches.items():
+                for record in records:
+                    if record.value is not None and record.offset < ends[tp]:
+                        yield tp.partition, record.value
+            waiting = {tp for tp in waiting if await reader.position(tp) < ends[tp]}
+    finally:
+        await reader.stop()
+
+
 async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     """The topic's partition ids (a group-less consumer only knows the topics it was assigned)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **aiokafka_security())
@@ -633,6 +861,12 @@ async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     if not partitions:
         raise KafkaError(f"topic {topic} does not exist yet")
     return sorted(partitions)
+
+
+def _refused_for_good(error: BaseException) -> bool:
+    """InfluxDB's answers that retrying cannot change: a bad token (401, 403), a missing bucket
+    or database (404)."""
+    return getattr(error, "status", None) in (401, 403, 404)
 
 
 def _raise_if_failed(task: asyncio.Task[None] | None) -> None:

@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
+from kafka.errors import KafkaError as KafkaPythonError
 from kafka.errors import TopicAlreadyExistsError
 from pydantic import ValidationError
 
@@ -39,6 +40,9 @@ from strainwatch.config import Settings
 from strainwatch.events import BreakAck, ExposureWindow, PromptDecision
 from strainwatch.kafka_clients import aiokafka_security, kafka_python_security
 from strainwatch.logs import RateLimitedLog
+from strainwatch.ops.metrics import ServiceMetrics
+from strainwatch.ops.readiness import Readiness
+from strainwatch.ops.retry import OutageLog, RetryPolicy, RetryStopped, default_is_permanent, describe
 from strainwatch.privacy.services import INBOX, worker_digest
 from strainwatch.processor.sink import InfluxSink, SinkStopped
 from strainwatch.storage.measurements import break_ack_line
@@ -53,10 +57,18 @@ MAX_BATCH = 2_000
 # The order records of one batch are fed in (see the module doc).
 TOPIC_ORDER = {ALERTS_PROMPTS.name: 0, ALERTS_ACK.name: 1, EXPOSURE_WINDOWS.name: 2}
 INPUT_TOPICS = tuple(TOPIC_ORDER)
+KAFKA_RETRY = RetryPolicy(initial_s=0.5, cap_s=10.0)  # ops/retry.py
+CLOSE_TIMEOUT_S = 5.0
 
 
 class Stopping(Exception):
     """Asked to stop while waiting for Kafka or InfluxDB."""
+
+
+class SinkRefused(Exception):
+    """InfluxDB refused a write for good (401/403/404)."""
+
+    retryable = False
 
 
 def ensure_state_topic(bootstrap: str, state_topic: str) -> int:
@@ -106,7 +118,14 @@ class OutcomeRunner:
         state_topic: str = STATE_TOPIC,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
+        readiness: Readiness | None = None,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
+        self.readiness = readiness if readiness is not None else Readiness()
+        self.readiness.expect("outcomes", "state not restored yet")
+        self.metrics = metrics if metrics is not None else ServiceMetrics("alerting")
+        self._outage = OutageLog(log, "kafka_outcomes")
+        self._sink_failures_seen = 0
         self.settings = settings
         self.stop = stop
         self.group = group
@@ -117,6 +136,9 @@ class OutcomeRunner:
             settings.influx_token.get_secret_value(),
             settings.influx_org,
             settings.influx_bucket,
+            # the sink sets `influx` itself: not ok while writes retry, fatal on 401/403/404
+            readiness=self.readiness,
+            check="influx",
         )
         self.partition_of: dict[str, int] = {}  # worker -> partition number (all inputs co-partitioned)
         self.caught_up: set[int] = set()  # partition numbers whose three inputs are read to their end
@@ -128,28 +150,51 @@ class OutcomeRunner:
         INBOX.subscribe("outcomes")  # erased workers (strainwatch privacy erase)
 
     async def run(self) -> None:
-        backoff = 0.5
         # a flush retrying against an unreachable InfluxDB gives up once asked to stop
         watcher = asyncio.create_task(self._stop_sink_when_stopping())
         try:
             while not self.stop.is_set():
                 try:
-                    await asyncio.to_thread(
-                        ensure_state_topic, self.settings.kafka_bootstrap, self.state_topic
+                    await KAFKA_RETRY.call(
+                        self._attempt,
+                        what="kafka_outcomes",
+                        logger=log,
+                        stop=self.stop,
+                        # aiokafka's clients and kafka-python's admin (the state topic)
+                        retry_on=(KafkaError, KafkaPythonError, OSError),
+                        readiness=self.readiness,
+                        check="outcomes",
+                        outage=self._outage,
                     )
-                    await self._session()
-                    backoff = 0.5
-                except (Stopping, SinkStopped):
+                except (Stopping, SinkStopped, RetryStopped):
                     break
-                except (KafkaError, OSError) as error:
-                    self._errors.warning("kafka", "kafka unavailable, backing off", error=str(error)[:300])
-                    await self._sleep(backoff)
-                    backoff = min(backoff * 2, 10.0)
+                except SinkRefused as error:
+                    log.warning("halted", part="outcomes", reason=str(error))  # the sink logged the error
+                    self.readiness.set("influx", False, str(error), fatal=True)
+                    await self.stop.wait()
         finally:
             watcher.cancel()
             self.sink.request_stop()
             await self.sink.close()
             log.info("outcome tracker stopped", published=self.published, bad_records=self.bad_records)
+
+    async def _attempt(self) -> None:
+        # kafka-python's admin blocks for its bootstrap timeout while the broker is gone: in a
+        # daemon thread a SIGTERM does not wait for it (asyncio.to_thread's executor would)
+        from strainwatch.alerts.service import _in_daemon_thread
+
+        def ensure() -> None:
+            ensure_state_topic(self.settings.kafka_bootstrap, self.state_topic)
+
+        if not await _in_daemon_thread(ensure, self.stop):
+            raise Stopping
+        await self._session()
+
+    def _count_sink_failures(self) -> None:
+        failures = self.sink.write_failures
+        if failures > self._sink_failures_seen:
+            self.metrics.sink_write_errors.inc(failures - self._sink_failures_seen)
+        self._sink_failures_seen = failures
 
     async def _stop_sink_when_stopping(self) -> None:
         await self.stop.wait()
@@ -189,10 +234,11 @@ class OutcomeRunner:
                 batches = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
                 await self._process(consumer, producer, batches)
         finally:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            self.readiness.set("outcomes", False, "stopping" if self.stop.is_set() else "Kafka session ended")
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(consumer.stop(), CLOSE_TIMEOUT_S)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(producer.stop(), CLOSE_TIMEOUT_S)
             self.tracker.forget(self.tracker.workers())
             self.partition_of.clear()
 
@@ -203,6 +249,8 @@ class OutcomeRunner:
         async with self.lock:
             await self._erase(producer)
             outcomes: list[OutcomeRecord] = []
+            consumed = sum(len(records) for records in batches.values())
+            self.metrics.consumed.inc(consumed)
             for tp in sorted(batches, key=lambda tp: (TOPIC_ORDER.get(tp.topic, 9), tp.partition)):
                 for record in batches[tp]:
                     offsets[tp] = record.offset + 1
@@ -220,6 +268,8 @@ class OutcomeRunner:
                 await consumer.commit(offsets)
             except KafkaError as error:  # rebalanced meanwhile: the new owner restores our state
                 log.warning("commit refused", error=str(error)[:300])
+            else:
+                self.metrics.processed.inc(consumed)
 
     async def _erase(self, producer: AIOKafkaProducer) -> None:
         """Erased workers (privacy/services.py): forgotten and their state record tombstoned before
@@ -251,6 +301,7 @@ class OutcomeRunner:
             return self.tracker.on_window(window)
         except ValidationError as error:
             self.bad_records += 1
+            self.metrics.dead_lettered("unreadable_record")
             self._errors.warning(
                 f"bad-{tp.topic}", "unreadable record skipped", topic=tp.topic, error=str(error)[:300]
             )
@@ -282,7 +333,16 @@ class OutcomeRunner:
         ]
         await asyncio.gather(*deliveries)
         self.sink.add(outcome_line(r) for r in outcomes)
-        await self.sink.flush(give_up_when_stopping=True)
+        try:
+            await self.sink.flush(give_up_when_stopping=True)
+        except SinkStopped:
+            raise
+        except Exception as error:
+            if default_is_permanent(error) or getattr(error, "status", None) in (401, 403, 404):
+                raise SinkRefused(describe(error)) from error
+            raise
+        finally:
+            self._count_sink_failures()
         self.published += len(outcomes)
         for r in outcomes:
             log.info(
@@ -352,6 +412,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         async with self.runner.lock:
             await self.runner.restore({tp.partition for tp in assigned})
+        self.runner.readiness.set("outcomes", True, f"state restored, {len(assigned)} partitions")
 
 
 async def run_outcomes(
@@ -361,10 +422,18 @@ async def run_outcomes(
     group: str = GROUP,
     state_topic: str = STATE_TOPIC,
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+    readiness: Readiness | None = None,
+    metrics: ServiceMetrics | None = None,
 ) -> None:
     """Track break outcomes until `stop` is set (awaited by `strainwatch alerts run`)."""
     await OutcomeRunner(
-        settings, stop, group=group, state_topic=state_topic, idle_timeout_s=idle_timeout_s
+        settings,
+        stop,
+        group=group,
+        state_topic=state_topic,
+        idle_timeout_s=idle_timeout_s,
+        readiness=readiness,
+        metrics=metrics,
     ).run()
 
 

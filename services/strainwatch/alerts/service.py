@@ -11,20 +11,26 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
+from aiokafka.errors import KafkaError as AIOKafkaError
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from strainwatch.alerts.channels import ChannelsConfig
-from strainwatch.alerts.delivery import DeliveryService
+from strainwatch.alerts.delivery import KAFKA_RETRY, DeliveryService
+from strainwatch.alerts.influx_check import watch_influx
 from strainwatch.config import Settings
 from strainwatch.kafka_clients import kafka_python_security
+from strainwatch.ops.metrics import ServiceMetrics
+from strainwatch.ops.readiness import Readiness
+from strainwatch.ops.retry import RetryStopped
 from strainwatch.privacy.services import follow_erasures
 from strainwatch.topics import ALERTS_BREAK, ALERTS_STATE
 
 log = structlog.get_logger("strainwatch.alerts")
 
-OutcomeRunner = Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]
+# (settings, stop, *, readiness=..., metrics=...)
+OutcomeRunner = Callable[..., Coroutine[Any, Any, None]]
 
 
 def outcome_runner() -> OutcomeRunner | None:
@@ -98,17 +104,45 @@ async def _in_daemon_thread(fn: Callable[[], None], stop: asyncio.Event) -> bool
     return True
 
 
-async def _ensure_state_topic(settings: Settings, stop: asyncio.Event) -> bool:
-    backoff = 0.5
-    while not stop.is_set():
-        try:
-            return await _in_daemon_thread(lambda: ensure_state_topic(settings.kafka_bootstrap), stop)
-        except (KafkaError, OSError) as error:
-            log.warning("kafka unavailable, backing off", error=str(error)[:300], backoff_s=backoff)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
-            backoff = min(backoff * 2, 10.0)
-    return False
+async def _ensure_state_topic(
+    settings: Settings, stop: asyncio.Event, readiness: Readiness | None = None
+) -> bool:
+    """Started while the broker is down: waits and retries (ops/retry.py) instead of exiting."""
+    try:
+        return await KAFKA_RETRY.call(
+            _in_daemon_thread,
+            lambda: ensure_state_topic(settings.kafka_bootstrap),
+            stop,
+            what="kafka",
+            logger=log,
+            stop=stop,
+            retry_on=(KafkaError, AIOKafkaError, OSError),
+            readiness=readiness,
+            check="kafka",
+        )
+    except RetryStopped:
+        return False
+
+
+# on SIGTERM the parts get this long together (a batch in flight: delivery's STOP_GRACE_S), so the
+# process exits well within 30 s
+STOP_WAIT_S = 20.0
+
+
+async def _stop_when(work_stop: asyncio.Event, stop: asyncio.Event, influx_fatal: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in (stop, influx_fatal)]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    if influx_fatal.is_set() and not stop.is_set():
+        log.warning(
+            "halted",
+            reason="InfluxDB refused the token or the bucket",
+            consuming="nothing until a restart with a fixed configuration",
+        )
+    work_stop.set()
 
 
 async def run_service(
@@ -117,11 +151,52 @@ async def run_service(
     stop: asyncio.Event,
     webhook_bind: str | None = None,
     webhook_token: str = "",
+    *,
+    readiness: Readiness | None = None,
+    metrics: ServiceMetrics | None = None,
 ) -> None:
-    """`webhook_bind` ('host:port'): also serve Grafana's alert webhook (alerts/grafana_webhook.py)."""
-    if not await _ensure_state_topic(settings, stop):
+    """`webhook_bind` ('host:port'): also serve Grafana's alert webhook (alerts/grafana_webhook.py).
+
+    `readiness` and `metrics` are served by the ops server (alerts/cli.py). InfluxDB refusing the
+    token or the bucket (401/403/404) stops delivery and outcomes (nothing consumed or committed:
+    a restart with a fixed configuration decides the same alerts) and makes /readyz fatal; the
+    webhook keeps serving."""
+    readiness = readiness if readiness is not None else Readiness()
+    readiness.expect("kafka")
+    readiness.expect("delivery", "state not restored yet")
+    if outcome_runner() is not None:
+        readiness.expect("outcomes", "state not restored yet")
+    metrics = metrics if metrics is not None else ServiceMetrics("alerting")
+    influx_fatal = asyncio.Event()
+    work_stop = asyncio.Event()  # delivery and outcomes: SIGTERM, or InfluxDB refusing for good
+    helpers = [
+        asyncio.create_task(watch_influx(settings, readiness, stop, influx_fatal), name="influx-check"),
+        asyncio.create_task(_stop_when(work_stop, stop, influx_fatal), name="work-stop"),
+    ]
+    try:
+        await _run_parts(settings, config, stop, work_stop, webhook_bind, webhook_token, readiness, metrics)
+    finally:
+        for helper in helpers:
+            helper.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+
+
+async def _run_parts(
+    settings: Settings,
+    config: ChannelsConfig,
+    stop: asyncio.Event,
+    work_stop: asyncio.Event,
+    webhook_bind: str | None,
+    webhook_token: str,
+    readiness: Readiness,
+    metrics: ServiceMetrics,
+) -> None:
+    if not await _ensure_state_topic(settings, work_stop, readiness):
+        if not stop.is_set():
+            await stop.wait()  # halted (InfluxDB refused): /readyz says why until SIGTERM
         return
-    tasks = [asyncio.create_task(DeliveryService(settings, config, stop).run(), name="delivery")]
+    delivery = DeliveryService(settings, config, work_stop, readiness=readiness, metrics=metrics)
+    tasks = [asyncio.create_task(delivery.run(), name="delivery")]
     # erasure requests: delivery and outcomes forget the worker (privacy/services.py)
     tasks.append(asyncio.create_task(follow_erasures(settings, stop), name="privacy-erasures"))
     if webhook_bind:
@@ -131,17 +206,26 @@ async def run_service(
         tasks.append(asyncio.create_task(webhook, name="grafana-webhook"))
     runner = outcome_runner()
     if runner is not None:
-        tasks.append(asyncio.create_task(runner(settings, stop), name="outcomes"))
+        outcomes = runner(settings, work_stop, readiness=readiness, metrics=metrics)
+        tasks.append(asyncio.create_task(outcomes, name="outcomes"))
     else:
         log.info("outcome tracker not installed; delivery only")
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
+            # aiokafka's stop() with the broker gone can end a part with its own CancelledError
+            if task.cancelled():
+                log.warning("part ended cancelled", part=task.get_name())
+                continue
             if task.exception() is not None:
                 stop.set()  # one part failing stops the other: the process exits non-zero
                 raise task.exception()  # type: ignore[misc]
     finally:
         stop.set()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(task, 25)
+        work_stop.set()
+        _, pending = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+        for task in pending:
+            log.warning("stopping: part abandoned", part=task.get_name())
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait(tasks, timeout=2.0)

@@ -26,7 +26,7 @@ def run(
     (a second one exits at once)."""
     from strainwatch.ops.metrics import ServiceMetrics
     from strainwatch.ops.readiness import Readiness
-    from strainwatch.ops.server import OpsServer, resolve_bind
+    from strainwatch.ops.server import resolve_bind
 
     try:
         bind = resolve_bind(ops_bind, "gateway")
@@ -54,17 +54,10 @@ def run(
     gateway = Gateway(bootstrap or s.kafka_bootstrap, mqtt, readiness=readiness, metrics=metrics)
 
     async def main() -> None:
-        from strainwatch.service_signals import install_stop_signals
+        from strainwatch.service_signals import install_stop_signals, start_ops_server
 
         install_stop_signals(asyncio.get_running_loop(), gateway.stop, service="gateway")
-        server = OpsServer("gateway", bind, readiness, metrics.registry)
-        try:
-            await server.start()
-        except OSError as error:
-            typer.echo(f"error: cannot serve /healthz, /readyz, /metrics on {bind}: {error}", err=True)
-            raise typer.Exit(2) from None
-        if server.url:
-            log.info("ops endpoints", url=server.url)
+        server = await start_ops_server("gateway", bind, readiness, metrics.registry, ops_bind)
         try:
             await gateway.run()
         finally:
