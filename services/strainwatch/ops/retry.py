@@ -28,7 +28,8 @@ from tenacity import (
     retry_if_exception,
     stop_after_delay,
     stop_never,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from strainwatch.ops.readiness import Readiness
@@ -144,7 +145,9 @@ class RetryPolicy:
 
         return {
             "retry": retry_if_exception(retryable),
-            "wait": wait_exponential_jitter(multiplier=self.initial_s, max=self.cap_s, jitter=self.jitter_s),
+            # wait_exponential and wait_random: the same in every tenacity since 8 (the pinned floor)
+            "wait": wait_exponential(multiplier=self.initial_s, max=self.cap_s)
+            + wait_random(0, self.jitter_s),
             "stop": stop_never if self.deadline_s is None else stop_after_delay(self.deadline_s),
             "before_sleep": before_sleep,
             "reraise": True,

@@ -140,3 +140,17 @@ def test_outage_log_reminder_is_bounded() -> None:
     assert log.lines[-1][2] == {"attempts": 1800, "down_s": 200.0}
     o.recovered()  # nothing to report twice
     assert len(log.lines) == 4
+
+
+def test_back_off_doubles_to_its_cap_with_bounded_jitter() -> None:
+    policy = RetryPolicy(initial_s=0.5, cap_s=30.0, jitter_s=0.25)
+    wait = policy._common(OutageLog(Log(), "x"), lambda e: False, (Exception,), None, None)["wait"]
+
+    class State:
+        def __init__(self, attempt: int) -> None:
+            self.attempt_number = attempt
+
+    waits = [wait(State(n)) for n in range(1, 11)]
+    base = [0.5, 1, 2, 4, 8, 16, 30, 30, 30, 30]
+    for got, want in zip(waits, base, strict=True):
+        assert want <= got <= want + 0.25
