@@ -284,40 +284,66 @@ def test_sigterm_broker_up_commits_and_exits_0(
     assert stored_frames(ql) == stopped[-1]["frames_applied"]
 
 
-def test_sigterm_broker_down_gives_up_within_30_s_then_second_signal(
+def test_sigterm_broker_down_commits_nothing_exits_3_within_30_s_then_second_signal(
     kafka: Broker, influx: Influx, run_processor: Any, tmp_path: Path
 ) -> None:
     messages = workload(workers=10, seconds=30)
     produce(kafka.bootstrap, messages)
     database = influx.new_database()
     ql = influx.ql(database)
-    env = processor_env(kafka, influx, database, tmp_path / "state")
+    base, extra = ops_env(STRAINWATCH_CHECKPOINT_INTERVAL_S="45")  # no checkpoint before the stop
+    env = processor_env(kafka, influx, database, tmp_path / "state", **extra)
+    group = env["STRAINWATCH_PROCESSOR_GROUP"]
+    consumed = 'strainwatch_consumed_total{service="processor"}'
+
+    def everything_consumed() -> bool:
+        assert proc.running(), proc.log()
+        return get(f"{base}/metrics")[0] == 200 and metrics(base).get(consumed) == len(messages)
+
     proc = run_processor(env)
-    wait_for(lambda: stored_frames(ql) >= len(messages), timeout_s=120, what="frames stored")
-    wait_for(
-        lambda: not any(committed_behind(kafka.bootstrap, env["STRAINWATCH_PROCESSOR_GROUP"]).values()),
-        timeout_s=30,
-        what="everything committed",
-    )
+    wait_for(everything_consumed, timeout_s=60, what="every frame consumed")
     stop(kafka.proc)
     started = time.monotonic()
     code = proc.terminate(timeout_s=30)
     took = time.monotonic() - started
-    # documented (docs/operations.md): 0 when everything consumed was committed before, which is
-    # the case here; 3 when the final checkpoint could not commit
-    assert code in (0, 3) and took < 30, (code, took, proc.log())
+    # docs/operations.md: 3 = the final checkpoint could not commit; nothing acknowledged
+    assert code == 3 and took < 30, (code, took, proc.log())
+    assert not events(proc, "processor stopped cleanly")
 
-    # A second signal during a slow shutdown exits at once: a processor that waits for its broker
-    # (stopped above) begins its shutdown, a SIGINT follows.
+    restart_kafka(kafka, tmp_path / "broker")
+    assert sum(committed_behind(kafka.bootstrap, group).values()) == len(messages), "nothing committed"
+    # A second signal during a slow shutdown exits at once: a processor with work pending whose
+    # broker goes away is sent SIGTERM (its final checkpoint waits for the broker), then SIGINT.
     second = run_processor(env)
-    wait_for(lambda: events(second, "kafka_unavailable"), timeout_s=60, what="waiting for the broker")
+    proc = second
+    wait_for(everything_consumed, timeout_s=90, what="every frame consumed again")
+    stop(kafka.proc)
     assert second.popen is not None
     os.killpg(second.popen.pid, signal.SIGTERM)
+    wait_for(lambda: events(second, "stopping"), timeout_s=10, what="the shutdown to begin")
     os.killpg(second.popen.pid, signal.SIGINT)
     started = time.monotonic()
     code = second.popen.wait(30)
-    assert time.monotonic() - started < 10
-    assert code in (0, 130), second.log()
+    assert time.monotonic() - started < 5, second.log()
+    assert code == 130, second.log()
+    assert events(second, "second signal: exiting at once")
+
+    # and the frames are all there after a restart: the replay is exact
+    restart_kafka(kafka, tmp_path / "broker")
+    third = run_processor(
+        processor_env(kafka, influx, database, tmp_path / "state", STRAINWATCH_PROCESSOR_GROUP=group)
+    )
+    wait_for(  # (the first run's final checkpoint stored its points: what counts is the commit)
+        lambda: (
+            (third.running() or pytest.fail(third.log()))
+            and not any(committed_behind(kafka.bootstrap, group).values())
+        ),
+        timeout_s=120,
+        what="every frame committed after the restart",
+    )
+    assert third.terminate() == 0, third.log()
+    assert stored_frames(ql) == len(messages)
+    assert not any(committed_behind(kafka.bootstrap, group).values())
 
 
 @pytest.mark.faults
