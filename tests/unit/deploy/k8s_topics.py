@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from strainwatch.topics import ALL_TOPICS, INTERNAL_TOPICS, TopicSpec, partitions_for
+from strainwatch.topics import ALL_TOPICS, INTERNAL_TOPICS, PRIVACY_TOPICS, TopicSpec, partitions_for
 
 REPO = Path(__file__).resolve().parents[3]
 TOPICS_YAML = REPO / "deploy" / "k8s" / "base" / "topics.yaml"
@@ -62,7 +62,9 @@ def kafka_topic(spec: TopicSpec, posture_partitions: int = POSTURE_PARTITIONS) -
 
 
 def render(posture_partitions: int = POSTURE_PARTITIONS) -> str:
-    docs = [kafka_topic(spec, posture_partitions) for spec in (*ALL_TOPICS, *INTERNAL_TOPICS)]
+    docs = [
+        kafka_topic(spec, posture_partitions) for spec in (*ALL_TOPICS, *INTERNAL_TOPICS, *PRIVACY_TOPICS)
+    ]
     return HEADER + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True, width=100)
 
 

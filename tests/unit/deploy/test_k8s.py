@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from strainwatch.config import Settings
-from strainwatch.topics import ALL_TOPICS, INTERNAL_TOPICS, partitions_for
+from strainwatch.topics import ALL_TOPICS, INTERNAL_TOPICS, PRIVACY_TOPICS, partitions_for
 from tests.unit.deploy import k8s_topics
 from tests.unit.deploy.common import (
     DEPLOY,
@@ -102,7 +102,7 @@ def test_kustomize_renders(directory: Path) -> None:
     assert (
         kinds["Deployment"] == 3
         and kinds["PodDisruptionBudget"] == 1
-        and kinds["KafkaTopic"] == len(ALL_TOPICS) + len(INTERNAL_TOPICS)
+        and kinds["KafkaTopic"] == len(ALL_TOPICS) + len(INTERNAL_TOPICS) + len(PRIVACY_TOPICS)
     )
     names = [(o["kind"], o["metadata"]["name"]) for o in objects]
     assert len(names) == len(set(names)), "duplicate objects"
@@ -173,7 +173,7 @@ def test_topics_match_topics_py(directory: Path) -> None:
     against topics.py itself (not against the generator)."""
     objects = render(directory)
     topics = kafka_topics(objects)
-    specs = {spec.name: spec for spec in (*ALL_TOPICS, *INTERNAL_TOPICS)}
+    specs = {spec.name: spec for spec in (*ALL_TOPICS, *INTERNAL_TOPICS, *PRIVACY_TOPICS)}
     assert set(topics) == set(specs)
     partitions = int(config_map(objects, "strainwatch-config")["STRAINWATCH_POSTURE_PARTITIONS"])
     for name, spec in specs.items():
@@ -204,7 +204,7 @@ def test_replicas_are_bounded_by_partitions(directory: Path) -> None:
     gateway = deployments["strainwatch-gateway"]["spec"]
     assert gateway["replicas"] == 1 and gateway["strategy"]["type"] == "Recreate"
     # every per-worker topic has the posture topic's partitions (co-partitioned state and outputs)
-    for spec in (*ALL_TOPICS, *INTERNAL_TOPICS):
+    for spec in (*ALL_TOPICS, *INTERNAL_TOPICS, *PRIVACY_TOPICS):
         if spec.per_worker:
             assert topics[spec.name]["spec"]["partitions"] == topics[POSTURE]["spec"]["partitions"], spec.name
 
