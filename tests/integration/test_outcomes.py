@@ -333,7 +333,9 @@ def test_stops_within_30_s_while_influxdb_is_down_and_resumes_after(
         proc = start()
         try:
             wait_for(
-                lambda: "influx write failed" in log_path.read_text(), timeout_s=60, what="a failed write"
+                lambda: '"influx_write_unavailable"' in log_path.read_text(),  # the sink's outage log
+                timeout_s=60,
+                what="a failed write",
             )
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
