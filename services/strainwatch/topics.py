@@ -51,8 +51,11 @@ def dead_letter_max_message_bytes(source_max_message_bytes: int) -> int:
     and k <= S: at most 7 * S / 3 + 8 + envelope. Kafka's 1 MiB default source gives 2,463,102
     bytes, within the processor producer's 4 MiB max request size. (With a worker-id key of <= 64
     bytes it is about 4 * S / 3; the bound keeps the key term because the broker accepts any key.)
-    The bound holds for uncompressed source batches, which is what the gateway produces: a
-    compressed batch of S bytes can hold a larger value.
+    The bound holds for uncompressed source batches, which is what the gateway produces. A
+    compressed batch of S bytes can hold a larger value (and a site's MQTT broker may pass larger
+    payloads to the gateway): dead letters carry at most events.DEAD_LETTER_MAX_ORIGINAL_BYTES of key
+    and value together, flagged when cut, so every letter stays within this bound for Kafka's
+    default S, below any source limit the topics have.
     """
     return 7 * -(-source_max_message_bytes // 3) + 8 + DEAD_LETTER_ENVELOPE_BYTES
 
