@@ -231,3 +231,33 @@ def test_kafka_gone_for_a_minute_every_alert_decided_exactly_once(
         print(f"stopped {time.monotonic() - started:.1f} s after SIGTERM with Kafka down")
     finally:
         stop(kafka.proc)
+
+
+def test_started_without_kafka_the_service_waits_then_decides(
+    influx: Influx, receiver: Receiver, alerts_proc: Any, tmp_path: Path
+) -> None:
+    port, controller = free_port(), free_port()
+    kafka = Broker("kafka", f"127.0.0.1:{port}", None, 4)  # type: ignore[arg-type]
+    database = influx.new_database()
+    env, base = ops_env(env_for(kafka, influx, database, channels_file(tmp_path, receiver.port)))
+    proc = alerts_proc(env).start()
+    try:
+        doc = wait_for(lambda: readyz(base), timeout_s=30, what="/readyz while Kafka is not there")
+        assert doc["status"] == 503 and not doc["checks"]["kafka"]["ok"]
+        wait_for(lambda: events(proc, "kafka_unavailable") == 1, timeout_s=60, what="the outage logged")
+        assert proc.popen.poll() is None
+        kafka.proc = start_kafka(tmp_path / "broker", port, controller)
+        ensure_topics(kafka.bootstrap, 4)
+        produce(kafka.bootstrap, "roster.v1", [roster_entry("w1")])
+        alert = alert_doc("w1", "conditioning_break", now_utc())
+        produce(kafka.bootstrap, "alerts.break.v1", [alert])
+        wait_ready(base, proc, timeout_s=120)
+        prompts = wait_for(
+            lambda: read_all(kafka.bootstrap, "alerts.prompts.v1"), timeout_s=60, what="the decision"
+        )
+        assert [(p["alert_id"], p["status"]) for p in prompts] == [(alert["alert_id"], "sent")]
+        assert events(proc, "kafka_unavailable") == 1
+        assert proc.terminate() == 0
+    finally:
+        if kafka.proc is not None:
+            stop(kafka.proc)

@@ -304,3 +304,43 @@ def test_kafka_gone_for_a_minute_every_frame_arrives_exactly_once(
             events.close()
         stop(kafka.proc)
         forget_session(mosquitto, client_id)
+
+
+def test_started_without_kafka_the_gateway_waits_then_forwards(
+    mosquitto: Mosquitto, ops: Ops, tmp_path: Path
+) -> None:
+    port, controller = free_port(), free_port()
+    kafka = Broker("kafka", f"127.0.0.1:{port}", None, 4)  # type: ignore[arg-type]
+    client_id = f"gw-{tag()}"
+    gateway = GatewayProc(gateway_env(kafka, mosquitto, client_id, ops), tmp_path / "gateway.log")
+    try:
+        gateway.start()
+        doc = wait_for(
+            lambda: (d := readyz(ops.base)) is not None and d,
+            timeout_s=30,
+            what="/readyz while Kafka is not there",
+        )
+        assert doc["status"] == 503 and not doc["checks"]["kafka"]["ok"]
+        wait_for(lambda: gateway.events("kafka_unavailable") == 1, timeout_s=60, what="the outage logged")
+        assert gateway.running()
+        kafka.proc = start_kafka(tmp_path / "broker", port, controller)
+        ensure_topics(kafka.bootstrap, 4)
+        t = tag()
+        dev, worker = f"dev-w-{t}", f"w-w-{t}"
+        mosquitto.provision({dev: "pw"})
+        bind(kafka, {dev: worker})
+        wait_ready(ops.base, gateway, timeout_s=120)
+        events = TopicReader(kafka.bootstrap, "posture.events.v1")
+        device = Device(mosquitto, dev, "pw")
+        try:
+            wait_forwarding(device, worker, events)
+        finally:
+            device.close()
+            events.close()
+        assert gateway.events("kafka_unavailable") == 1
+        assert gateway.terminate() == 0
+    finally:
+        gateway.stop()
+        if kafka.proc is not None:
+            stop(kafka.proc)
+        forget_session(mosquitto, client_id)
