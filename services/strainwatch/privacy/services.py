@@ -155,8 +155,10 @@ async def follow_erasures(settings: Any, stop: Any, inbox: ErasureInbox = INBOX)
     from aiokafka.errors import KafkaError
 
     from strainwatch.kafka_clients import aiokafka_security
+    from strainwatch.ops.retry import OutageLog
     from strainwatch.topics import PRIVACY_ERASURES
 
+    outage = OutageLog(log, "erasure_follower_kafka")  # once, a reminder a minute, its end once
     backoff = 0.5
     while not stop.is_set():
         reader = AIOKafkaConsumer(
@@ -176,6 +178,7 @@ async def follow_erasures(settings: Any, stop: Any, inbox: ErasureInbox = INBOX)
             reader.assign(tps)
             await reader.seek_to_end(*tps)
             backoff = 0.5
+            outage.recovered()
             while not stop.is_set():
                 batches = await reader.getmany(timeout_ms=500)
                 for records in batches.values():
@@ -185,7 +188,7 @@ async def follow_erasures(settings: Any, stop: Any, inbox: ErasureInbox = INBOX)
                             inbox.put(worker)
                             log.info("erasure received", worker_digest=worker_digest(worker))
         except (KafkaError, OSError) as error:
-            log.warning("erasure follower: kafka unavailable, backing off", error=str(error)[:200])
+            outage.failure(error, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 10.0)
