@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps jars lint unit integration test faults demo bench stack-down clean
+.PHONY: setup system-deps jars lint unit integration test faults fuzz soak demo bench stack-down clean
 
 # Exactly the tested versions (requirements-dev.lock includes requirements.lock), then the package
 # without resolving again: the processor relies on faust internals, so nothing may float.
@@ -58,6 +58,14 @@ test: setup jars lint
 # several processor instances joining, leaving and killed mid-rebalance on Apache Kafka (about 6 min)
 faults: setup jars
 	$(BIN)/pytest -m faults
+
+# the atheris fuzz target of the frame decoder and validator, for a fixed budget (docs/operations.md)
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz/fuzz_frames.py -max_total_time=60 -rss_limit_mb=1024
+
+# 10 minutes of 2,000 workers x 10 Hz with a processor kill and a broker restart (docs/operations.md)
+soak: setup jars
+	$(BIN)/python bench/soak.py
 
 demo: setup
 	$(BIN)/strainwatch demo
