@@ -155,7 +155,14 @@ def run_faust(
         if stored(ql):
             first = time.monotonic()
         time.sleep(0.05)
-    done = wait_stored(ql, frames, 900, alive=lambda: proc.poll() is None)
+    try:
+        done = wait_stored(ql, frames, 900, alive=lambda: proc.poll() is None)
+    except (TimeoutError, RuntimeError):
+        # the processor's own account of what it was doing, before the state directory goes
+        tail = log_path.read_text(errors="replace").splitlines()[-60:]
+        print("\n".join(["[bench] processor log tail:", *tail]), file=sys.stderr)
+        proc.kill()
+        raise
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     return {
