@@ -42,6 +42,7 @@ from strainwatch.stack.manager import create_database  # noqa: E402
 from strainwatch.stack.procs import free_port, port_free, stop  # noqa: E402
 from strainwatch.stack.topics import ensure_topics  # noqa: E402
 from strainwatch.storage.influxql import InfluxQL  # noqa: E402
+from strainwatch.storage.measurements import EXPOSURE, WINDOWS_RP  # noqa: E402
 from strainwatch.topics import POSTURE_EVENTS  # noqa: E402
 
 PARTITIONS = 4
@@ -265,13 +266,17 @@ def run_quix(bootstrap: str, influx_url: str, frames: int, state: Path) -> dict[
             dirty, lines = runtime.snapshot()
             table.update(dirty)
             runtime.take_outputs()
-            for i in range(0, len(lines), 5_000):
-                writer.write(
-                    bucket=database,
-                    org="strainwatch",
-                    record=lines[i : i + 5_000],
-                    write_precision=WritePrecision.S,
-                )
+            # the 10-second windows in their own retention policy, as the processor's sink does
+            windows = [line for line in lines if line.startswith(f"{EXPOSURE},")]
+            others = [line for line in lines if not line.startswith(f"{EXPOSURE},")]
+            for bucket, group in ((f"{database}/{WINDOWS_RP}", windows), (database, others)):
+                for i in range(0, len(group), 5_000):
+                    writer.write(
+                        bucket=bucket,
+                        org="strainwatch",
+                        record=group[i : i + 5_000],
+                        write_precision=WritePrecision.S,
+                    )
 
     app = Application(
         broker_address=bootstrap,
