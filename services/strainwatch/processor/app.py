@@ -435,6 +435,11 @@ class Processor:
             runtime, positions = self.runtime, self.positions
             monotonic = time.monotonic
             async for event in stream.events():
+                if self._stopping:
+                    # SIGTERM: the final checkpoint covers what was applied before it; a frame
+                    # applied after its snapshot would be stored or committed by nobody
+                    await self._stop_event.wait()
+                    return
                 if self.sink.fatal is not None:
                     # InfluxDB refuses our writes for good (401/403/404): take no more frames, so
                     # nothing is acknowledged past what is stored; /readyz shows the fatal check
