@@ -55,8 +55,8 @@ def group_workers(scope: Scope, by: str) -> str:
 
 
 def prompt_counts_by_kind(scope: Scope) -> str:
-    """Column `prompts` per `kind`, `status` and `reason` (figures.prompt_counts has no kind). Counts
-    the integer field `channels_ok` (on every prompt point): InfluxDB counts it faster than the
+    """Column `prompts` per `kind`, `status` and `reason`. Counts the integer field `channels_ok`
+    (on every prompt point): InfluxDB counts it faster than the
     string `alert_id`."""
     return (
         f'SELECT COUNT("channels_ok") AS "prompts" FROM "{BREAK_PROMPT}" WHERE {scope.where()} '

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 from strainwatch.storage.measurements import (
     BREAK_ACK,
-    BREAK_PROMPT,
     DEAD_LETTER,
     EXPOSURE,
     EXPOSURE_HOURLY,
@@ -134,14 +133,12 @@ def grouped(
     min_workers: int = MIN_WORKERS,
     where: str = "",
     fill_none: bool = True,
-    combine: Mapping[str, str] | None = None,
 ) -> str:
     """The three-level figure described in the module doc.
 
     `parts`: alias -> per-worker aggregate (e.g. `SUM("wear_s")`); the first one decides whether a
     worker counts (it must be non-null for every worker the figure covers).
     `ratios`: alias -> expression over the part aliases, computed from the group's sums.
-    `combine`: alias -> how workers' parts combine into the group's (SUM unless given, e.g. MAX).
     """
     if by is not None and by not in GROUPS:
         raise ValueError(f"figures group by {GROUPS}, not {by!r}")
@@ -155,8 +152,7 @@ def grouped(
         f"{_group_clause([*group, 'worker'], interval)}"
     )
     fill = " fill(none)" if interval and fill_none else ""
-    how = combine or {}
-    middle_cols = ", ".join(f'{how.get(alias, "SUM")}("{alias}") AS "{alias}"' for alias in parts)
+    middle_cols = ", ".join(f'SUM("{alias}") AS "{alias}"' for alias in parts)
     middle = (
         f'SELECT {middle_cols}, COUNT("{first}") AS "workers" FROM ({inner}{fill}) '
         f"WHERE {scope.time}{_group_clause(group, interval)}{fill}"
@@ -255,31 +251,7 @@ def dose_per_hour(
     return grouped(parts, ratios, scope, source, by, interval, min_workers, where='"wear_s" > 0')
 
 
-def longest_hold_s(
-    segment: str,
-    scope: Scope,
-    by: str | None = None,
-    interval: str | None = None,
-    source: str = HOURLY,
-    min_workers: int = MIN_WORKERS,
-) -> str:
-    """Column `hold_s`: the longest hold of the segment in the range (a maximum, not a sum)."""
-    _check_segment(segment)
-    parts = {"hold": f'MAX("hold_{segment}_s")'}
-    return grouped(
-        parts, {"hold_s": '"hold"'}, scope, source, by, interval, min_workers, combine={"hold": "MAX"}
-    )
-
-
 # --- prompts and outcomes ---------------------------------------------------------------------
-
-
-def prompt_counts(scope: Scope, interval: str | None = None) -> str:
-    """Column `prompts` per `status` (sent, suppressed) and `reason` tag (empty when sent)."""
-    return (
-        f'SELECT COUNT("alert_id") AS "prompts" FROM "{BREAK_PROMPT}" WHERE {scope.where()}'
-        f"{_group_clause(['status', 'reason'], interval)}"
-    )
 
 
 def outcome_counts(scope: Scope, interval: str | None = None) -> str:

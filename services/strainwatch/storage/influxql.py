@@ -76,11 +76,6 @@ def exposure_field_sum(field: str, where: str = "") -> str:
     return f'SELECT SUM("{field}") FROM {source(EXPOSURE)}' + _where(where)
 
 
-def exposure_sums_by_worker(fields: list[str]) -> str:
-    cols = ", ".join(f'SUM("{f}") AS "{f}"' for f in fields)
-    return f'SELECT {cols} FROM {source(EXPOSURE)} GROUP BY "worker"'
-
-
 def break_alert_counts(by: str = "kind", where: str = "") -> str:
     """Alerts per tag value: `kind` or `segment` (a tag since two segments can alert in one second)."""
     return f'SELECT COUNT("dose") FROM "{BREAK_ALERT}"{_where(where)} GROUP BY "{by}"'
