@@ -204,11 +204,16 @@ def produce_roster(entries: Iterable[dict[str, Any]], bootstrap: str, topic: str
         raise ProduceError(f"producing the roster to {topic} at {bootstrap} failed: {error}") from error
     finally:
         producer.close(timeout=10)
+    return delivered_or_raise(futures, "roster entries", topic, bootstrap)
+
+
+def delivered_or_raise(futures: list[Any], what: str, topic: str, bootstrap: str) -> int:
+    """How many sends the broker acknowledged; ProduceError naming the first error if any was not."""
     delivered = sum(1 for future in futures if future.succeeded())
     if delivered < len(futures):
         errors = [str(f.exception) for f in futures if f.failed()]
         raise ProduceError(
-            f"{len(futures) - delivered} of {len(futures)} roster entries were not delivered to {topic} at "
+            f"{len(futures) - delivered} of {len(futures)} {what} were not delivered to {topic} at "
             f"{bootstrap}" + (f"; first error: {errors[0][:300]}" if errors else "; not acknowledged in time")
         )
     return delivered

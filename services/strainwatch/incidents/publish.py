@@ -16,7 +16,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from strainwatch.events import Incident
-from strainwatch.fleet.producer import ProduceError, make_producer
+from strainwatch.fleet.producer import ProduceError, delivered_or_raise, make_producer
 from strainwatch.topics import INCIDENTS
 
 
@@ -59,11 +59,4 @@ def publish(
         raise ProduceError(f"publishing incidents to {topic} at {bootstrap} failed: {error}") from error
     finally:
         producer.close(timeout=10)
-    delivered = sum(1 for future in futures if future.succeeded())
-    if delivered < len(futures):
-        errors = [str(f.exception) for f in futures if f.failed()]
-        raise ProduceError(
-            f"{len(futures) - delivered} of {len(futures)} incidents were not delivered to {topic} at "
-            f"{bootstrap}" + (f"; first error: {errors[0][:300]}" if errors else "; not acknowledged in time")
-        )
-    return delivered
+    return delivered_or_raise(futures, "incidents", topic, bootstrap)
