@@ -210,8 +210,8 @@ def test_simulate_mqtt_cli_publishes_and_summarises(mosquitto: Mosquitto, gatewa
         "3",
         "--duration",
         "3",
+        "--no-shifts",  # all three devices send, whatever the hour
     ]
-    started = time.time()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = orjson.loads(done.stdout.strip().splitlines()[-1])["live"]
@@ -222,20 +222,7 @@ def test_simulate_mqtt_cli_publishes_and_summarises(mosquitto: Mosquitto, gatewa
         timeout_s=20,
         what="the CLI's frames at the gateway",
     )
-    assert len(gateway.on("/frames")) == summary["frames_published"]
-    # Live frames follow the shift plan, so a worker on a scheduled break with the device off
-    # sends nothing: the devices that must appear are those wearing for the whole run.
-    wearing = wearing_throughout(SimConfig(workers=3, seed=42 + 1, start=datetime.now(UTC)), started)
-    seen = {t for t, _ in gateway.on("/frames")}
-    every_device = {f"devices/dev-000{i}/frames" for i in range(3)}
-    assert {f"devices/{d}/frames" for d in wearing} <= seen <= every_device
-
-
-def wearing_throughout(cfg: SimConfig, since: float) -> set[str]:
-    """Device ids whose worker wears the device at every second from `since` until now."""
-    sim = FleetSimulator(cfg)
-    moments = [since + s for s in range(int(time.time() - since) + 2)]
-    return {w.device_id for w in sim.workers if all(sim.wearing_at(w.worker_id, ts) for ts in moments)}
+    assert {t for t, _ in gateway.on("/frames")} == {f"devices/dev-000{i}/frames" for i in range(3)}
 
 
 def test_simulate_mqtt_stops_on_sigterm_with_a_summary(mosquitto: Mosquitto, gateway: GatewayView) -> None:
@@ -255,6 +242,7 @@ def test_simulate_mqtt_stops_on_sigterm_with_a_summary(mosquitto: Mosquitto, gat
         "5",
         "--duration",
         "600",
+        "--no-shifts",
     ]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -138,6 +138,7 @@ def test_gateway_and_devices_over_tls(tls_mosquitto: TlsMosquitto, tansu: Broker
                 str(workers),
                 "--duration",
                 "4",
+                "--no-shifts",  # the devices send whatever the hour
                 "--mqtt",
                 "--state-dir",
                 str(tls_mosquitto.state_dir),

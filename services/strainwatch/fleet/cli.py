@@ -44,6 +44,12 @@ def register(app: typer.Typer) -> None:
             0.0, "--invalid-rate", min=0, max=1, help="share of malformed frames"
         ),
         seed: int = typer.Option(42, "--seed", help="reproducible randomness"),
+        shifts: bool = typer.Option(
+            True,
+            "--shifts/--no-shifts",
+            help="live workers follow the shift plan (06/14/22 UTC, scheduled breaks); "
+            "--no-shifts: every device sends all the time, whatever the hour",
+        ),
         site: str = typer.Option("plant-1", "--site", help="site id"),
         bootstrap: str = typer.Option(
             None, "--bootstrap", help="host:port (default STRAINWATCH_KAFKA_BOOTSTRAP)"
@@ -123,6 +129,7 @@ def register(app: typer.Typer) -> None:
                     seed=seed + 1,
                     invalid_rate=invalid_rate,
                     site_id=site,
+                    shifts=shifts,
                 )
                 if mqtt:
                     from strainwatch.fleet.behaviour import DevicePolicy

@@ -212,10 +212,6 @@ class FleetSimulator:
         worker = self._by_worker[worker_id]
         worker.neutral_until = max(worker.neutral_until, until_ts)
 
-    def wearing_at(self, worker_id: str, ts: float) -> bool:
-        """Whether this worker's device sends frames at event time ts (on shift, not off on a break)."""
-        return self._on_shift(self._by_worker[worker_id], ts)[0]
-
     def _on_shift(self, worker: _Worker, ts: float) -> tuple[bool, bool]:
         """(wearing, on a scheduled break) at event time ts."""
         if not self.cfg.shifts:
