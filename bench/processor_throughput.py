@@ -1,6 +1,8 @@
 """Processor throughput, end to end on Apache Kafka and InfluxDB, against baselines in the same run.
 
 Pre-produces 1-second, 10 Hz frames of 2,000 simulated workers, then times, on the same data:
+  0. a bare faust agent with the processor's app settings (bench/faust_bare.py), start to last frame:
+     the ceiling faust itself sets;
   1. strainwatch's faust processor (a subprocess, as deployed), start to last window written;
   2. a plain aiokafka `getmany` loop driving the same Runtime, state records and InfluxDB sink;
   3. the same job in Quix Streams (plain dict state, a batching sink).
@@ -172,6 +174,39 @@ def run_faust(
         "stored_frames": stored(ql),
         "samples_sum": ql.scalar('SELECT SUM("samples_trunk_flexion") FROM "windows"."exposure"'),
     }
+
+
+def run_faust_bare(
+    bootstrap: str, influx_url: str, frames: int, state: Path, runtime: bool = False
+) -> dict[str, Any]:
+    """The ceiling faust itself sets: bench/faust_bare.py, a bare agent with the processor's app
+    settings, timed like the processor from process start to its last frame (with `runtime`: the
+    same agent driving the processor's Runtime, for the per-frame breakdown)."""
+    done_path = state / f"faust-bare-{uuid.uuid4().hex[:6]}.json"
+    env = env_for(bootstrap, influx_url, "unused", f"bench-faust-bare-{uuid.uuid4().hex[:6]}")
+    env.update(BENCH_FRAMES=str(frames), BENCH_DONE=str(done_path), BENCH_RUNTIME="1" if runtime else "0")
+    log_path = state / "faust-bare.log"
+    started = time.time()
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "faust_bare.py")],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 900
+        while not done_path.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace").splitlines()[-60:]
+                print("\n".join(["[bench] faust bare log tail:", *tail]), file=sys.stderr)
+                raise RuntimeError("the bare faust agent exited or stalled before its last frame")
+            time.sleep(0.05)
+        times = orjson.loads(done_path.read_bytes())
+    finally:
+        proc.kill()
+        proc.wait(30)
+    return {"elapsed_s": times["done_s"] - started, "steady_s": times["done_s"] - times["first_s"]}
 
 
 async def aiokafka_loop(bootstrap: str, influx_url: str, database: str, frames: int) -> None:
@@ -402,7 +437,7 @@ def memory_in_fresh_process(workers: int) -> dict[str, float]:
     return result
 
 
-def top_profile(path: Path, n: int = 15) -> list[dict[str, Any]]:
+def top_profile(path: Path, n: int = 25) -> list[dict[str, Any]]:
     stats = pstats.Stats(str(path))
     rows = []
     for (file, line, func), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
@@ -427,6 +462,7 @@ def main() -> None:
     parser.add_argument("--memory-workers", type=int, default=10_000)
     parser.add_argument("--skip-quix", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--profile-out", type=Path, help="keep the processor's cProfile output here")
     parser.add_argument("--memory-only", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_only:
@@ -440,6 +476,10 @@ def main() -> None:
             log(f"producing {args.workers} workers x {args.seconds} s of 1-second 10 Hz frames")
             frames, samples = produce_workload(bootstrap, args.workers, args.seconds)
             log(f"{frames} frames, {samples} samples on the topic")
+            bare_result = run_faust_bare(bootstrap, influx_url, frames, state)
+            log(f"faust bare: {bare_result}")
+            runtime_result = run_faust_bare(bootstrap, influx_url, frames, state, runtime=True)
+            log(f"faust + runtime: {runtime_result}")
             faust_result = run_faust(bootstrap, influx_url, frames, state, None)
             log(f"faust: {faust_result}")
             # the profile comes from a second run on the same data: cProfile slows the timed run
@@ -453,12 +493,15 @@ def main() -> None:
             memory = memory_in_fresh_process(args.memory_workers)
             log(f"memory: {memory}")
             profile_rows = top_profile(profile) if profile is not None and profile.exists() else []
+            if args.profile_out and profile is not None and profile.exists():
+                args.profile_out.write_bytes(profile.read_bytes())
         finally:
             for proc in reversed(procs):
                 stop(proc)
 
     faust_sps = samples / faust_result["elapsed_s"]
     aiokafka_sps = samples / aiokafka_result["elapsed_s"]
+    bare_sps = samples / bare_result["elapsed_s"]
     quix_sps = samples / quix_result["elapsed_s"] if quix_result else None
     for row in profile_rows:
         log(f"profile {row}")
@@ -469,7 +512,20 @@ def main() -> None:
         "samples": samples,
         "strainwatch_samples_per_s": round(faust_sps),
         "strainwatch_steady_samples_per_s": round(samples / faust_result["steady_s"]),
+        "faust_bare_samples_per_s": round(bare_sps),
+        "faust_bare_steady_samples_per_s": round(samples / bare_result["steady_s"]),
+        "ratio_strainwatch_to_faust_bare": round(faust_sps / bare_sps, 3),
         "aiokafka_loop_samples_per_s": round(aiokafka_sps),
+        # per frame, from process start to the last frame: faust alone; what the Runtime adds; what
+        # the checkpoint, sink, changelog and outputs add (the processor's total minus both)
+        "us_per_frame": {
+            "faust": round(bare_result["elapsed_s"] / frames * 1e6, 1),
+            "runtime": round((runtime_result["elapsed_s"] - bare_result["elapsed_s"]) / frames * 1e6, 1),
+            "checkpoint_and_outputs": round(
+                (faust_result["elapsed_s"] - runtime_result["elapsed_s"]) / frames * 1e6, 1
+            ),
+            "total": round(faust_result["elapsed_s"] / frames * 1e6, 1),
+        },
         "quix_samples_per_s": round(quix_sps) if quix_sps else None,
         "ratio_strainwatch_to_aiokafka": round(faust_sps / aiokafka_sps, 3),
         "ratio_strainwatch_to_quix": round(faust_sps / quix_sps, 3) if quix_sps else None,
