@@ -277,7 +277,7 @@ class Processor:
         # faust's producer itself rather than `Topic.send`: the same aiokafka send and delivery
         # future, without a FutureMessage and its callbacks per record (a third of the cost)
         changelog = self.table.changelog_topic.get_topic_name()
-        send = self.app.producer.send
+        send = (await self.app.maybe_start_producer()).send
         data = self.table.data
         deliveries = []
         for worker, record, value in payloads:
@@ -287,7 +287,8 @@ class Processor:
         return deliveries
 
     async def _send_output(self, role: str, key: bytes | None, value: bytes) -> Any:
-        return await self.app.producer.send(self._output_topics[role], key, value, None, None, None)
+        producer = await self.app.maybe_start_producer()
+        return await producer.send(self._output_topics[role], key, value, None, None, None)
 
     async def _commit(self, positions: dict[int, int]) -> bool:
         offsets = {TP(POSTURE_EVENTS.name, p): o for p, o in positions.items() if p in self._assigned}

@@ -534,3 +534,34 @@ def test_admin_offset_fetch_and_faust_highwaters_signatures() -> None:
     assert [p.kind for p in inspect.signature(highwaters).parameters.values()][1:] == [
         inspect.Parameter.VAR_POSITIONAL
     ]
+
+
+def test_the_producer_sends_topic_key_value_partition_and_returns_the_delivery_future() -> None:
+    """The processor sends changelog records and outputs through `app.maybe_start_producer()`'s
+    `send(topic, key, value, partition, timestamp, headers)` (app.py), skipping Topic.send's
+    FutureMessage: the awaited call must hand back aiokafka's delivery future, unresolved."""
+    from faust.transport.drivers.aiokafka import Producer
+
+    params = list(inspect.signature(Producer.send).parameters)
+    assert params[:7] == ["self", "topic", "key", "value", "partition", "timestamp", "headers"]
+
+    async def main() -> None:
+        app = make_app()
+        producer = app.producer
+        assert isinstance(producer, Producer)
+        delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        sent: list[tuple[Any, ...]] = []
+
+        class FakeAiokafka:
+            async def send(self, topic: str, value: Any, **kwargs: Any) -> Any:
+                sent.append((topic, value, kwargs["key"], kwargs["partition"]))
+                return delivery
+
+        producer._producer = FakeAiokafka()  # what _ensure_producer() hands out once started
+        producer._started.set()  # maybe_start() must not try to connect
+        assert await app.maybe_start_producer() is producer
+        got = await producer.send("t", b"k", b"v", 3, None, None)
+        assert sent == [("t", b"v", b"k", 3)]
+        assert got is delivery and not got.done()
+
+    run(main())
