@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NATIVE := services/strainwatch/exposure/engine.native-stamp
 
-.PHONY: setup system-deps jars lint unit integration test faults fuzz soak demo bench stack-down clean
+.PHONY: setup native system-deps jars lint unit integration test faults fuzz soak demo bench stack-down clean
 
 # Exactly the tested versions (requirements-dev.lock includes requirements.lock), then the package
 # without resolving again: the processor relies on faust internals, so nothing may float.
@@ -18,7 +19,15 @@ $(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-setup: $(STAMP) system-deps
+setup: $(STAMP) system-deps $(NATIVE)
+
+# The exposure engine compiled with mypyc (services/strainwatch/native.py; docs/processor.md): about
+# twice the engine's speed. Without it the engine runs as Python; a build older than its sources is
+# never used. `make test` checks the two score alike.
+native: $(NATIVE)
+$(NATIVE): $(STAMP) services/strainwatch/exposure/engine.py services/strainwatch/exposure/thresholds.py
+	@command -v gcc >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc >/dev/null; } || { echo "gcc missing: run 'sudo apt-get install gcc'" >&2; exit 1; }
+	$(BIN)/python -c "from strainwatch.native import build; build()"
 
 # InfluxDB and Mosquitto for the local stack: Debian's `influxdb` (1.6.7, which predates /api/v2/write,
 # so the stack puts its route adapter in front) and `mosquitto` (2.0.11) packages; the stack also
@@ -45,7 +54,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check services tests bench
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(NATIVE)
 	$(BIN)/pytest -m unit -q
 
 integration: setup jars
@@ -78,4 +87,4 @@ stack-down: $(STAMP)
 	$(BIN)/strainwatch stack down
 
 clean: stack-down
-	rm -rf $(VENV) .strainwatch
+	rm -rf $(VENV) .strainwatch services/build $(NATIVE) services/strainwatch/exposure/engine*.so

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from strainwatch.config import Settings  # noqa: E402
 from strainwatch.exposure import ExposureEngine, load_thresholds  # noqa: E402
+from strainwatch.native import engine_kind  # noqa: E402
 from strainwatch.processor.record import WorkerRecord  # noqa: E402
 from strainwatch.processor.runtime import Runtime, RuntimeConfig  # noqa: E402
 from strainwatch.processor.sink import InfluxSink  # noqa: E402
@@ -129,7 +130,7 @@ def env_for(bootstrap: str, influx_url: str, database: str, group: str) -> dict[
         "STRAINWATCH_POSTURE_PARTITIONS": str(PARTITIONS),
         "STRAINWATCH_PROCESSOR_GROUP": group,
         "STRAINWATCH_LOG_FORMAT": "json",
-        "STRAINWATCH_LOG_LEVEL": "WARNING",
+        "STRAINWATCH_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
     }
 
 
@@ -506,6 +507,7 @@ def main() -> None:
     for row in profile_rows:
         log(f"profile {row}")
     result = {
+        "engine": engine_kind(),  # the exposure engine the processor ran: compiled (make native) or python
         "frame_samples": SAMPLES_PER_FRAME,
         "workers": args.workers,
         "frames": frames,

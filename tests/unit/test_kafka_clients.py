@@ -203,7 +203,7 @@ def test_every_kafka_client_construction_uses_kafka_clients() -> None:
             assert f"**{expected}" in call, f"{path.relative_to(SERVICES)}: {call[:200]}"
     assert len(sites) >= 15
     app = (SERVICES / "processor" / "app.py").read_text()
-    assert "broker_credentials=faust_credentials(" in app
+    assert '"broker_credentials": faust_credentials(' in app
 
 
 def test_secrets_outside_settings_also_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

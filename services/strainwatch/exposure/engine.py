@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mypy_extensions import mypyc_attr
+
 from strainwatch.exposure.thresholds import SegmentThresholds, Thresholds
 
 # The state holds blocks for the first CORE_SEGMENTS always and grows for the optional ones the
@@ -76,6 +78,9 @@ _NS_V3 = 18  # versions 2 and 3 had no accrued-dose slot
 DOSE_SLACK = 1e-6
 
 
+# plain Python classes even when mypyc compiles this module: a compiled (native) class has no
+# descriptors of its own; both are off the per-sample path
+@mypyc_attr(native_class=False)
 class _Slot:
     """One named slot of a segment block: `view.dose` is `slots[base + DOSE]`."""
 
@@ -91,6 +96,7 @@ class _Slot:
         view.slots[view.base + self.offset] = value
 
 
+@mypyc_attr(native_class=False)
 class SegmentSlots:
     """A named view of one segment's block of a WorkerState.
 
@@ -343,6 +349,8 @@ def _compile(index: int, name: str, seg: SegmentThresholds, not_acceptable_limit
     )
 
 
+# `strainwatch exposure` subclasses it to observe violations (exposure_cli.py)
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ExposureEngine:
     def __init__(self, thresholds: Thresholds, window_s: int = 10) -> None:
         if window_s <= 0:

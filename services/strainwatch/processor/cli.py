@@ -32,6 +32,10 @@ def run_processor(thresholds: str | None = None, ops_bind: str | None = None) ->
 
     settings = get_settings()
     processor = Processor(settings, thresholds)
+    from strainwatch.native import choice, engine_kind
+
+    # compiled: `make native`; python: not built, STRAINWATCH_ENGINE=python, or a build older than its source
+    log.info("exposure engine", engine=engine_kind(), build=choice())
     bind = resolve_bind(ops_bind if ops_bind is not None else settings.ops_bind, "processor")
     ops = OpsServer(
         "processor",
