@@ -275,7 +275,7 @@ class Processor:
         # future each: the table's own `__setitem__` buffers in faust's producer, whose flush()
         # gives up after 0.1 s, so a checkpoint could not know its records were stored.
         # faust's producer itself rather than `Topic.send`: the same aiokafka send and delivery
-        # future, without a FutureMessage and its callbacks per record (a third of the cost)
+        # future, without a FutureMessage and its callbacks per record
         changelog = self.table.changelog_topic.get_topic_name()
         send = (await self.app.maybe_start_producer()).send
         data = self.table.data
