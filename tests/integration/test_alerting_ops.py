@@ -143,13 +143,19 @@ def test_kafka_gone_for_a_minute_every_alert_decided_exactly_once(
     proc = alerts_proc(env).start()
     wanted: list[str] = []
 
+    taken: set[tuple[str, int]] = set()  # (worker, second) of every alert so far
+
     def batch(n: int) -> None:
-        # one second apart: a worker's break_prompt points are told apart by their time
+        # A worker's break_prompt points are told apart by their time (whole seconds): no worker may
+        # have two alerts in one second, across batches too (two batches 20 s apart would collide)
         now = now_utc()
-        docs = [
-            alert_doc(workers[i % len(workers)], "conditioning_break", now - timedelta(seconds=i))
-            for i in range(n)
-        ]
+        docs = []
+        for i in range(n):
+            worker, at = workers[i % len(workers)], now - timedelta(seconds=i)
+            while (worker, int(at.timestamp())) in taken:
+                at -= timedelta(seconds=1)
+            taken.add((worker, int(at.timestamp())))
+            docs.append(alert_doc(worker, "conditioning_break", at))
         wanted.extend(d["alert_id"] for d in docs)
         produce(kafka.bootstrap, "alerts.break.v1", docs)
 

@@ -257,6 +257,18 @@ def test_instances_more_than_partitions(two_partitions: Stream, tmp_path: Path) 
     group = Group(two_partitions, tmp_path)
     try:
         procs = [group.start(name) for name in ("a", "b", "c")]
+        # The first to join owns both partitions until the others' joins are rebalanced, and may
+        # store a good share of the stream by then: wait until all three have been assigned in
+        # one settled group (two with a partition, one idle), then for some frames stored.
+        wait_for(
+            lambda: (
+                group._alive()
+                and all(log_events(p.full_log(), "partitions assigned") for p in procs)
+                and sum(_owns_partitions(p) for p in procs) == 2
+            ),
+            timeout_s=120,
+            what="two of three instances owning a partition, the third idle",
+        )
         group.wait_stored(0.2)
         busy = [p for p in procs if _owns_partitions(p)]
         assert len(busy) == 2, "two of three instances should own a partition:\n" + group.logs()

@@ -13,6 +13,7 @@ deployment decision (compose and k8s set 0.0.0.0 inside the container's own netw
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -127,6 +128,16 @@ class OpsServer:
         site = web.TCPSite(runner, host, port, reuse_address=True)
         try:
             try:
+                await site.start()
+            except AttributeError:
+                # uvloop: two processes starting together race for the port, and the loser's server
+                # comes back without sockets, which aiohttp reads as None: the port is taken
+                with contextlib.suppress(Exception):
+                    await site.stop()
+                if not (self.fallback_to_free_port and port):
+                    raise OSError(errno.EADDRINUSE, f"address in use: {host}:{port}") from None
+                log.warning("ops port taken, binding a free one", port=port, service=self.service)
+                site = web.TCPSite(runner, host, 0, reuse_address=True)
                 await site.start()
             except OSError as error:
                 if not (self.fallback_to_free_port and port and error.errno == errno.EADDRINUSE):

@@ -302,12 +302,13 @@ class Processor:
 
     async def _checkpoint_behind(self, reason: str, max_pending: int) -> None:
         """Start a checkpoint that runs behind the agent: it snapshots in one synchronous step, so
-        the agent goes on scoring while its points, records and commit are awaited. Only when
-        checkpoints fall behind by another `max_pending` frames does the agent wait for one."""
+        the agent goes on scoring while its points, records and commit are awaited. Once another
+        `max_pending` frames have been scored since its snapshot, the agent waits for it: memory
+        and a replay after a kill stay within two checkpoints' frames, as when it waited always."""
         task = self._checkpoint_task
         if task is None or task.done():
             self._checkpoint_task = asyncio.ensure_future(self._checkpoint_quietly(reason))
-        elif self._frames_since_checkpoint >= 2 * max_pending:
+        elif self._frames_since_checkpoint >= max_pending:
             await asyncio.shield(task)
 
     async def _checkpoint_quietly(self, reason: str) -> None:

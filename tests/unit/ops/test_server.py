@@ -86,3 +86,33 @@ def test_off_does_not_start() -> None:
     asyncio.run(s.start())
     assert s.bind is None and s.url is None
     asyncio.run(s.stop())
+
+
+def test_a_lost_bind_race_falls_back_to_a_free_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes starting together race for the default port; with uvloop the loser's site start
+    fails with AttributeError (a server without sockets), which must mean "taken", not a crash."""
+    from aiohttp import web
+
+    real_start = web.TCPSite.start
+    ports: list[int] = []
+
+    async def start(site: web.TCPSite) -> None:
+        ports.append(site._port)
+        if site._port != 0:
+            raise AttributeError("'NoneType' object has no attribute 'getsockname'")
+        await real_start(site)
+
+    monkeypatch.setattr(web.TCPSite, "start", start)
+
+    async def main() -> None:
+        s = OpsServer("processor", "127.0.0.1:9310", Readiness(), fallback_to_free_port=True)
+        await s.start()
+        try:
+            assert ports == [9310, 0] and s.port not in (None, 0, 9310)
+        finally:
+            await s.stop()
+        fixed = OpsServer("processor", "127.0.0.1:9310", Readiness(), fallback_to_free_port=False)
+        with pytest.raises(OSError, match=r"address in use: 127\.0\.0\.1:9310"):
+            await fixed.start()
+
+    asyncio.run(main())
