@@ -96,10 +96,3 @@ def build() -> None:
         raise SystemExit("mypyc reported success but wrote no extension module")
     (EXPOSURE_DIR / STAMP).write_text(source_digest() + "\n")
     print(f"compiled engine: {', '.join(p.name for p in compiled_files())}")
-
-
-def clean() -> None:
-    for old in compiled_files():
-        old.unlink()
-    (EXPOSURE_DIR / STAMP).unlink(missing_ok=True)
-    shutil.rmtree(_PACKAGE.parent / "build", ignore_errors=True)

@@ -128,17 +128,7 @@ class OpsServer:
         site = web.TCPSite(runner, host, port, reuse_address=True)
         try:
             try:
-                await site.start()
-            except AttributeError:
-                # uvloop: two processes starting together race for the port, and the loser's server
-                # comes back without sockets, which aiohttp reads as None: the port is taken
-                with contextlib.suppress(Exception):
-                    await site.stop()
-                if not (self.fallback_to_free_port and port):
-                    raise OSError(errno.EADDRINUSE, f"address in use: {host}:{port}") from None
-                log.warning("ops port taken, binding a free one", port=port, service=self.service)
-                site = web.TCPSite(runner, host, 0, reuse_address=True)
-                await site.start()
+                await _start_site(site, host, port)
             except OSError as error:
                 if not (self.fallback_to_free_port and port and error.errno == errno.EADDRINUSE):
                     raise
@@ -171,3 +161,15 @@ def _json(payload: dict[str, Any], status: int) -> web.Response:
     return web.Response(
         text=json.dumps(payload, sort_keys=True), status=status, content_type="application/json"
     )
+
+
+async def _start_site(site: web.TCPSite, host: str, port: int) -> None:
+    """`site.start()`, where a lost race for the port is always EADDRINUSE: under uvloop, of two
+    processes starting together, the loser's server comes back without sockets, which aiohttp
+    reads as None (AttributeError)."""
+    try:
+        await site.start()
+    except AttributeError:
+        with contextlib.suppress(Exception):
+            await site.stop()
+        raise OSError(errno.EADDRINUSE, f"address in use: {host}:{port}") from None
