@@ -122,6 +122,14 @@ class Group:
             timeout_s=10,
             what="committed offsets at the log end",
         )
+        # an instance restarted late may still be importing: a SIGTERM before its handlers exist
+        # kills it with the default action, which is the interpreter's, not the processor's
+        for proc in self.running():
+            wait_for(
+                lambda: not proc.running() or bool(log_events(proc.full_log(), "exposure engine")),  # noqa: B023
+                timeout_s=60,
+                what=f"{proc.log_path.name} past its imports",
+            )
         for proc in self.running():
             assert proc.terminate(timeout_s=30) == 0, proc.log()
         stopped = [

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -17,7 +18,28 @@ STOP_DEADLINE_S = 27.0
 EXIT_INCOMPLETE = 3
 
 
-def run_processor(thresholds: str | None = None, ops_bind: str | None = None) -> None:
+class EarlySignal:
+    """SIGTERM or SIGINT before faust's worker installs its handlers (a pod stopped while it is
+    still importing and connecting): remembered instead of killing the process with the default
+    action, then handled at the first moment the worker can stop. Nothing has been consumed by
+    then, so stopping there is clean. A second signal exits at once, as it does later."""
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.received is not None:
+            os._exit(128 + signum)
+        self.received = signal.Signals(signum)
+
+
+def run_processor(
+    thresholds: str | None = None, ops_bind: str | None = None, early: EarlySignal | None = None
+) -> None:
     import mode.loop
 
     # uvloop before anything creates a loop: faust schedules about 20 callbacks per event, which
@@ -53,7 +75,12 @@ def run_processor(thresholds: str | None = None, ops_bind: str | None = None) ->
         _watch_task: asyncio.Future[None] | None = None
 
         async def on_first_start(self) -> None:
+            if early is not None and early.received is not None:
+                _stopped_before_start(early.received)
             await super().on_first_start()  # faust's logging and our signal handlers
+            if early is not None and early.received is not None:
+                # it came while faust was installing its handlers: as if it came just after
+                self._on_signal(early.received)
             limit_library_logs(60.0)  # aiokafka logs every reconnect while a broker is gone
             try:
                 await ops.start()
@@ -95,6 +122,15 @@ def run_processor(thresholds: str | None = None, ops_bind: str | None = None) ->
             await ops.stop()
             self._schedule_shutdown(sig)
 
+    def _stopped_before_start(sig: signal.Signals) -> None:
+        # nothing consumed, nothing written: there is nothing to persist or commit
+        log.info("stopped before starting", signal=sig.name)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    if early is not None and early.received is not None:
+        _stopped_before_start(early.received)
     level = settings.log_level.upper()
     faust_level = level if level in ("DEBUG",) else "WARNING"
     worker = ProcessorWorker(
@@ -149,4 +185,6 @@ def register(app: Any) -> None:
                 except ValueError as error:
                     raise typer.BadParameter(str(error), param_hint=hint) from None
                 break
-        run_processor(thresholds, ops_bind)
+        early = EarlySignal()
+        early.install()  # before run_processor's imports, which take seconds on a busy host
+        run_processor(thresholds, ops_bind, early)
