@@ -3,10 +3,10 @@
 Same faust App settings as the processor (processor/app.py `app_options`), uvloop, the same log
 levels; per frame only faust's own event delivery and an orjson decode (the least any processor on
 faust does). No table, no sink, no outputs, no commits. With `BENCH_RUNTIME=1` it runs the
-processor's `Runtime.on_message` per frame instead (still no sink, changelog or outputs), which
-splits the processor's cost into faust, runtime, and checkpoint with outputs. Once it has seen
-`BENCH_FRAMES` frames it writes `{"first_s": ..., "done_s": ...}` (wall clock) to `BENCH_DONE` and
-idles until killed.
+processor's `Runtime.on_message` per frame instead, taking frames in runs as the processor does
+(still no sink, changelog or outputs), which splits the processor's cost into faust, runtime, and
+checkpoint with outputs. Once it has seen `BENCH_FRAMES` frames it writes
+`{"first_s": ..., "done_s": ...}` (wall clock) to `BENCH_DONE` and idles until killed.
 
     BENCH_FRAMES=120000 BENCH_DONE=/tmp/done.json python bench/faust_bare.py
 """
@@ -33,7 +33,7 @@ def main() -> None:
     import orjson
 
     from strainwatch.config import get_settings
-    from strainwatch.processor.app import app_options
+    from strainwatch.processor.app import SCORE_BATCH, SCORE_WAIT_S, app_options
     from strainwatch.topics import POSTURE_EVENTS
 
     expected = int(os.environ["BENCH_FRAMES"])
@@ -50,12 +50,20 @@ def main() -> None:
         seen = 0
         first = 0.0
         loads = orjson.loads
+        if on_message is not None:
+            # in runs, as the processor's agent takes them (processor/app.py)
+            async for batch in stream.take_events(SCORE_BATCH, within=SCORE_WAIT_S):
+                if not seen:
+                    first = time.time()
+                for event in batch:
+                    message = event.message
+                    on_message(message.key, message.value, message.partition, message.offset)
+                seen += len(batch)
+                if seen >= expected:
+                    done_path.write_bytes(orjson.dumps({"first_s": first, "done_s": time.time()}))
+            return
         async for event in stream.noack().events():
-            message = event.message
-            if on_message is None:
-                loads(message.value)
-            else:
-                on_message(message.key, message.value, message.partition, message.offset)
+            loads(event.message.value)
             seen += 1
             if seen == 1:
                 first = time.time()

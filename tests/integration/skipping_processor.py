@@ -21,18 +21,18 @@ def skipped(offset: int) -> bool:
     return 40 <= offset < 60 or offset % 101 == 3
 
 
-_events = faust.streams.Stream.events
+_take_events = faust.streams.Stream.take_events
 
 
-async def _skipping_events(self: Any) -> AsyncIterator[Any]:
-    async for event in _events(self):
-        message = event.message
-        if message.topic == POSTURE_EVENTS.name and skipped(message.offset):
-            continue
-        yield event
+async def _skipping_take_events(self: Any, max_: int, within: float) -> AsyncIterator[list[Any]]:
+    # the scoring agent takes posture frames in runs (processor/app.py)
+    async for events in _take_events(self, max_, within):
+        kept = [e for e in events if e.message.topic != POSTURE_EVENTS.name or not skipped(e.message.offset)]
+        if kept:
+            yield kept
 
 
-faust.streams.Stream.events = _skipping_events  # type: ignore[method-assign]
+faust.streams.Stream.take_events = _skipping_take_events  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     import sys
