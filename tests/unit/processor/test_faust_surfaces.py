@@ -166,35 +166,15 @@ def test_shipped_streams_pyx_guards_the_ack_bookkeeping_with_acks_enabled_for() 
         assert all(len(line) - len(line.lstrip()) > guard_indent for line in block), after[i]
 
 
-def test_an_agents_stream_iterator_reads_the_queue_of_the_streams_channel() -> None:
-    """The scoring agent ends a run of frames when `stream.channel.queue` is empty: that must be the
-    queue the compiled iterator takes events from (the conductor fills it), not another clone's."""
-    iterator_type = faust_streams._CStreamIterator
-    assert iterator_type is not None
-
-    async def main() -> None:
-        app = make_app()
-
-        @app.agent(app.topic(NOACK, acks=False, value_serializer="raw"))
-        async def agent(stream: Any) -> None:  # pragma: no cover - never started
-            async for _ in stream.events():
-                pass
-
-        stream = agent.stream()
-        channel = stream.channel
-        assert channel.is_iterator
-        iterator = iterator_type(stream)
-        assert iterator.chan_queue is channel.queue
-        assert iterator.chan_slow_get.__self__ is channel
-        app.flow_control.resume()
-        event = app.create_event(b"key", b"value", {}, message(NOACK, 3))
-        assert channel.queue.empty()
-        await channel.put(event)
-        assert not channel.queue.empty()
-        assert await iterator.chan_slow_get() is event
-        assert channel.queue.empty()
-
-    run(main())
+def test_take_events_is_an_async_generator_of_event_runs_taking_max_and_within() -> None:
+    """The scoring agent takes posture frames in runs through `Stream.take_events(max_, within)`
+    (and the hole-injecting fault processor wraps it with that signature); each run's events are
+    acked through `Stream.ack`, which records nothing for the posture topic (acks=False: the test
+    of Consumer.ack above)."""
+    take_events = faust_streams.Stream.take_events
+    assert inspect.isasyncgenfunction(inspect.unwrap(take_events))
+    assert list(inspect.signature(take_events).parameters) == ["self", "max_", "within"]
+    assert "await self.ack(event)" in inspect.getsource(take_events)
 
 
 def test_drain_messages_adds_offset_gaps_only_for_acking_topics() -> None:
