@@ -457,3 +457,24 @@ def test_ops_server_over_a_socket_and_its_port_fallback() -> None:
             taken.close()
 
     asyncio.run(main())
+
+
+def test_a_burst_is_stored_once_the_stream_goes_quiet_not_at_the_checkpoint_interval(
+    kafka: Broker, influx: Influx, run_processor: Any, tmp_path: Path
+) -> None:
+    """A burst below `max_pending_frames`, with a checkpoint interval far longer than the test
+    waits: its points land once nothing has been delivered for a moment (the "caught up"
+    checkpoint), not when the interval ends."""
+    frames = workload(workers=20, seconds=30)
+    database = influx.new_database()
+    ql = influx.ql(database)
+    env = processor_env(kafka, influx, database, tmp_path / "state", STRAINWATCH_CHECKPOINT_INTERVAL_S="900")
+    proc = run_processor(env)
+    produce(kafka.bootstrap, frames)
+    wait_for(
+        lambda: (proc.running() or pytest.fail(proc.log())) and stored_frames(ql) >= len(frames),
+        timeout_s=90,
+        what=f"{len(frames)} frames stored before the 900 s interval",
+    )
+    assert proc.terminate() == 0, proc.log()
+    assert stored_frames(ql) == len(frames)

@@ -68,6 +68,7 @@ QUIET_S = 5.0
 PUBLISH_BATCH = 500  # window messages and dead letters sent together (alerts at once)
 SCORE_BATCH = 1_000  # delivered frames scored in one run, at most
 SCORE_WAIT_S = 0.05  # and a frame waits for its run this long, at most
+CAUGHT_UP_S = 0.25  # no frame delivered for this long: checkpoint now, not at the interval
 WATCH_S = 2.0  # readiness: Kafka probed and the checkpoint's age checked this often
 
 
@@ -540,15 +541,26 @@ class Processor:
             async for event in stream.events():
                 await forget_in_processor(self, event.message.key)
 
-        @app.timer(interval=min(1.0, interval))
+        @app.timer(interval=min(CAUGHT_UP_S, interval))
         async def tick() -> None:
             if self._stopping:
                 return
             runtime = self.runtime
-            if time.monotonic() - self._last_checkpoint >= interval and (
+            now = time.monotonic()
+            since = now - self._last_checkpoint
+            if since >= interval and (
                 runtime.dirty or self.positions.uncommitted() or runtime.out or runtime.waiting
             ):
                 await self.checkpoint("timer")
+            elif (
+                since >= CAUGHT_UP_S
+                and now - self._last_delivery >= CAUGHT_UP_S
+                and (runtime.dirty or self.positions.uncommitted() or runtime.out)
+                and (self._checkpoint_task is None or self._checkpoint_task.done())
+            ):
+                # nothing delivered for a moment (a burst or a backlog worked off): store what was
+                # scored now rather than up to `interval` later; a steady stream never pauses this long
+                await self.checkpoint("caught up")
 
         # its own timer: a look at the log ends waits on faust's consumer thread (up to its 1 s
         # fetch), which must not hold up the checkpoint timer
