@@ -559,7 +559,8 @@ class Processor:
                 and (self._checkpoint_task is None or self._checkpoint_task.done())
             ):
                 # nothing delivered for a moment (a burst or a backlog worked off): store what was
-                # scored now rather than up to `interval` later; a steady stream never pauses this long
+                # scored now rather than up to `interval` later. A busy stream never pauses this
+                # long; a trickle from a few devices checkpoints about once per frame, at most 4/s
                 await self.checkpoint("caught up")
 
         # its own timer: a look at the log ends waits on faust's consumer thread (up to its 1 s
