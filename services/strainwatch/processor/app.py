@@ -453,12 +453,13 @@ class Processor:
                 if self.positions.owns(partition) and self.positions.position(partition) < end:
                     await self._read_hole(partition, self.positions.position(partition), int(end), "quiet")
 
-    async def _score_batch(self, batch: list[Any], interval: float, max_pending: int) -> bool:
+    async def _score_batch(self, batch: list[Any]) -> bool:
         """Apply a run of delivered frames in offset order; False once the agent must stop taking
         frames. Exactness rests on the positions, not on when a frame is applied: a frame of a
         partition revoked meanwhile is skipped, one already applied (read from a hole, or
         redelivered) is a redelivery, and one past a gap first has the gap read from the broker."""
         runtime, positions = self.runtime, self.positions
+        interval, max_pending = self.settings.checkpoint_interval_s, self.settings.max_pending_frames
         monotonic = time.monotonic
         for message in batch:
             if self._stopping:
@@ -506,7 +507,6 @@ class Processor:
     def _wire(self) -> None:
         app = self.app
         interval = self.settings.checkpoint_interval_s
-        max_pending = self.settings.max_pending_frames
 
         @app.agent(self.source, name="score-posture")
         async def score(stream: faust.StreamT) -> None:
@@ -515,7 +515,7 @@ class Processor:
             # (docs/processor.md). A run ends at SCORE_BATCH frames or SCORE_WAIT_S after it began.
             async for batch in stream.take_events(SCORE_BATCH, within=SCORE_WAIT_S):
                 self._last_delivery = time.monotonic()
-                if not await self._score_batch([event.message for event in batch], interval, max_pending):
+                if not await self._score_batch([event.message for event in batch]):
                     return
 
         @app.agent(self.roster_topic, name="roster")
