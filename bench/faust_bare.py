@@ -3,10 +3,11 @@
 Same faust App settings as the processor (processor/app.py `app_options`), uvloop, the same log
 levels; per frame only faust's own event delivery and an orjson decode (the least any processor on
 faust does). No table, no sink, no outputs, no commits. With `BENCH_RUNTIME=1` it runs the
-processor's `Runtime.on_message` per frame instead, taking frames in runs as the processor does
-(still no sink, changelog or outputs), which splits the processor's cost into faust, runtime, and
-checkpoint with outputs. Once it has seen `BENCH_FRAMES` frames it writes
-`{"first_s": ..., "done_s": ...}` (wall clock) to `BENCH_DONE` and idles until killed.
+processor's `Runtime.on_message` per frame instead, taking frames through faust in runs of 1,000
+(still no sink, changelog or outputs): the processor's runtime on faust's per-event delivery, the
+path the processor took before it read posture frames itself (docs/processor.md). Once it has
+seen `BENCH_FRAMES` frames it writes `{"first_s": ..., "done_s": ...}` (wall clock) to
+`BENCH_DONE` and idles until killed.
 
     BENCH_FRAMES=120000 BENCH_DONE=/tmp/done.json python bench/faust_bare.py
 """
@@ -24,6 +25,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+RUN = 1_000  # BENCH_RUNTIME=1: frames taken from faust's stream in runs of this many
+RUN_WAIT_S = 0.05  # or what came within this long
+
 
 def main() -> None:
     import mode.loop
@@ -33,7 +37,7 @@ def main() -> None:
     import orjson
 
     from strainwatch.config import get_settings
-    from strainwatch.processor.app import SCORE_BATCH, SCORE_WAIT_S, app_options
+    from strainwatch.processor.app import app_options
     from strainwatch.topics import POSTURE_EVENTS
 
     expected = int(os.environ["BENCH_FRAMES"])
@@ -51,8 +55,8 @@ def main() -> None:
         first = 0.0
         loads = orjson.loads
         if on_message is not None:
-            # in runs, as the processor's agent takes them (processor/app.py)
-            async for batch in stream.take_events(SCORE_BATCH, within=SCORE_WAIT_S):
+            # in runs, as the processor's agent took them while faust delivered its frames
+            async for batch in stream.take_events(RUN, within=RUN_WAIT_S):
                 if not seen:
                     first = time.time()
                 for event in batch:

@@ -1,4 +1,4 @@
-"""Reads outside faust on Apache Kafka: ranges of offsets faust skipped, and where a partition resumes."""
+"""Reads outside faust on Apache Kafka: posture frames from the positions; where a partition resumes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from strainwatch.processor.broker_reads import RangeAbandoned, RangeReader, start_positions
+from strainwatch.processor.broker_reads import FrameReader, start_positions
 from strainwatch.topics import POSTURE_EVENTS
 from tests.integration.conftest import Broker
 
@@ -51,52 +51,79 @@ async def _produce_with_a_transaction_marker(bootstrap: str) -> list[int]:
     return offsets
 
 
-async def _reads(bootstrap: str, ranges: list[tuple[int, int]]) -> list[list[int]]:
-    """Several ranges through one reader, as the processor reads successive holes."""
-    reader = RangeReader(bootstrap, TOPIC)
+async def _read_until(
+    reader: FrameReader, positions: dict[int, int], until: dict[int, int]
+) -> dict[int, list[int]]:
+    """Read as the processor does (each run applied whole: the position moves past its last
+    record) until every partition's position reaches `until`; the offsets read, per partition."""
+    read: dict[int, list[int]] = {p: [] for p in positions}
 
-    async def collect(first: int, end: int) -> list[int]:
-        return [r.offset async for r in reader.read(0, first, end, still_owned=lambda: True)]
+    async def loop() -> None:
+        while any(positions[p] < end for p, end in until.items()):
+            for partition, records in (await reader.read(dict(positions))).items():
+                read[partition] += [r.offset for r in records]
+                positions[partition] = records[-1].offset + 1
 
-    try:
-        # the defect this guards against was a read that never ended: bound it
-        return [await asyncio.wait_for(collect(first, end), timeout=30) for first, end in ranges]
-    finally:
-        await reader.close()
+    # the defect this guards against is a read that never ends: bound it
+    await asyncio.wait_for(loop(), timeout=30)
+    return read
 
 
-def test_a_range_ending_on_an_absent_offset_ends(kafka: Broker) -> None:
+def test_frames_are_read_from_the_positions_past_absent_offsets(kafka: Broker) -> None:
     offsets = asyncio.run(_produce_with_a_transaction_marker(kafka.bootstrap))
     assert offsets[:3] == [0, 1, 2] and offsets[3] == 4, "offset 3 is the transaction's commit marker"
-    # [0, 4): the last offset of the range is the marker, which no record carries
-    assert asyncio.run(_reads(kafka.bootstrap, [(0, 4), (2, 6), (3, 5), (0, 2)])) == [
-        [0, 1, 2],
-        [2, 4, 5],
-        [4],
-        [0, 1],
+
+    async def main() -> list[dict[int, list[int]]]:
+        reader = FrameReader(kafka.bootstrap, TOPIC, max_records=2, wait_s=0.05)
+        try:
+            return [
+                await _read_until(reader, {0: 0}, {0: 6}),  # runs of at most 2, over the marker
+                await _read_until(reader, {0: 2}, {0: 6}),  # applied less than read: read again
+                await _read_until(reader, {0: 3}, {0: 6}),  # from the marker: the next record
+                {0: [r.offset for r in (await reader.read({0: 6})).get(0, [])]},  # caught up
+                await _read_until(reader, {0: 5, 1: 0}, {0: 6}),  # a second partition, empty
+                await _read_until(reader, {1: 0}, {}),  # partition 0 revoked: no longer read
+            ]
+        finally:
+            await reader.close()
+
+    assert asyncio.run(main()) == [
+        {0: [0, 1, 2, 4, 5]},
+        {0: [2, 4, 5]},
+        {0: [4, 5]},
+        {0: []},
+        {0: [5], 1: []},
+        {1: []},
     ]
 
 
-def test_a_range_of_a_revoked_partition_is_abandoned(kafka: Broker) -> None:
-    asyncio.run(_produce_with_a_transaction_marker(kafka.bootstrap))
-
-    async def read_revoked(owned_checks: int) -> list[int]:
-        """Revoked after `owned_checks` ownership checks; returns what was read until then."""
-        checks = iter(range(owned_checks))
-        reader = RangeReader(kafka.bootstrap, TOPIC)
-        read = []
+def test_a_run_never_passes_max_records_and_spans_partitions(kafka: Broker) -> None:
+    async def main() -> tuple[list[int], dict[int, list[int]]]:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+        await producer.start()
         try:
-            with pytest.raises(RangeAbandoned):
-                async for record in reader.read(
-                    0, 0, 10_000, still_owned=lambda: next(checks, None) is not None
-                ):
-                    read.append(record.offset)
+            for i in range(30):
+                await producer.send_and_wait(TOPIC, key=b"w", value=b"%d" % i, partition=i % 3)
+        finally:
+            await producer.stop()
+        reader = FrameReader(kafka.bootstrap, TOPIC, max_records=7, wait_s=0.05)
+        sizes: list[int] = []
+        positions = {0: 0, 1: 0, 2: 0}
+        read: dict[int, list[int]] = {0: [], 1: [], 2: []}
+        try:
+            while any(position < 10 for position in positions.values()):
+                runs = await asyncio.wait_for(reader.read(dict(positions)), timeout=30)
+                sizes.append(sum(len(records) for records in runs.values()))
+                for partition, records in runs.items():
+                    read[partition] += [r.offset for r in records]
+                    positions[partition] = records[-1].offset + 1
         finally:
             await reader.close()
-        return read
+        return sizes, read
 
-    assert asyncio.run(read_revoked(0)) == []  # revoked before the read started
-    assert asyncio.run(read_revoked(1)) == [0, 1, 2, 4, 5]  # revoked after the first fetch
+    sizes, read = asyncio.run(main())
+    assert max(sizes) <= 7 and sum(sizes) == 30, sizes
+    assert read == {p: list(range(10)) for p in range(3)}
 
 
 def test_start_positions_are_the_groups_commits_or_the_log_start(kafka: Broker) -> None:

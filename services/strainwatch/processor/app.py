@@ -2,13 +2,16 @@
 
 What happens to a frame lives elsewhere: `runtime.py` (validate, order, deduplicate, score),
 `checkpoint.py` (persist, then commit), `positions.py` (how far each partition is consumed),
-`broker_reads.py` (offsets faust skipped, read straight from the broker). docs/processor.md tells
-the whole protocol and why it is exact.
+`broker_reads.py` (where partitions resume; the frames themselves). docs/processor.md tells the
+whole protocol and why it is exact.
 
-The one rule this module keeps: faust never acknowledges or commits a posture frame. The source
-topic is declared with `acks=False`, so faust keeps no ack bookkeeping for it (neither its stream
-iterator nor its consumer records acks or gaps for such a topic) and has nothing to commit there;
-the checkpoint commits the topic's offsets itself, after everything below them is persisted.
+The rules this module keeps: faust's consumer is the group member (assignment, the table, its
+changelog and recovery, the roster and erasure streams, the commits) but it neither delivers nor
+commits a posture frame. Its aiokafka consumer is paused on the posture topic at every assignment,
+and the frames are read in runs by a `FrameReader` from the processor's own positions: faust's
+per-event delivery cost more than the scoring itself (docs/processor.md). The topic is also
+declared with `acks=False`, so faust keeps no ack bookkeeping for it and has nothing to commit
+there; the checkpoint commits its offsets, after everything below them is persisted.
 State reaches the table once per worker per checkpoint, not per frame: a table write is the
 costliest thing faust does per event (about 150 µs measured, docs/processor.md).
 """
@@ -38,7 +41,7 @@ from strainwatch.ops.metrics import ServiceMetrics
 from strainwatch.ops.readiness import Readiness
 from strainwatch.ops.retry import OutageLog, RetryPolicy, RetryStopped
 from strainwatch.privacy.services import forget_in_processor
-from strainwatch.processor.broker_reads import RangeAbandoned, RangeReader, start_positions
+from strainwatch.processor.broker_reads import FrameReader, start_positions
 from strainwatch.processor.checkpoint import Checkpointer
 from strainwatch.processor.positions import PartitionPositions
 from strainwatch.processor.record import WorkerRecord
@@ -61,14 +64,10 @@ ROSTER_TABLE = "roster"
 ROSTER_SEPARATOR = "\x1f"
 HEALTH_S = 10.0  # a `pipeline` point this often
 RECORD_CODEC = "strainwatch-record"
-# Once faust has delivered nothing for this long, each partition's position is checked against the
-# log end: faust may have skipped a partition's last events, and with no event after them the agent
-# would never notice. (While frames flow, the next frame of a partition reveals such a hole.)
-QUIET_S = 5.0
 PUBLISH_BATCH = 500  # window messages and dead letters sent together (alerts at once)
-SCORE_BATCH = 1_000  # delivered frames scored in one run, at most
-SCORE_WAIT_S = 0.05  # and a frame waits for its run this long, at most
-CAUGHT_UP_S = 0.25  # no frame delivered for this long: checkpoint now, not at the interval
+READ_BATCH = 2_000  # frames read (and scored) in one run, at most
+READ_WAIT_S = 0.05  # a read waits this long for frames when none are there
+CAUGHT_UP_S = 0.25  # no frame read for this long: checkpoint now, not at the interval
 WATCH_S = 2.0  # readiness: Kafka probed and the checkpoint's age checked this often
 
 
@@ -179,7 +178,6 @@ class Processor:
         self._kafka_seen = asyncio.Event()
         self.kafka_probe = KafkaProbe(settings.kafka_bootstrap, aiokafka_security(settings))
         self._retry = RetryPolicy(initial_s=0.2, cap_s=5.0, reminder_s=60.0)
-        self._hole_log = RateLimitedLog(log, interval_s=10.0)
         self.runtime = Runtime(
             self.engine,
             RuntimeConfig(
@@ -215,7 +213,11 @@ class Processor:
         )
         self._last_checkpoint_done = time.monotonic()
         self.positions = PartitionPositions()
-        self.ranges = RangeReader(settings.kafka_bootstrap, POSTURE_EVENTS.name)
+        self.frames = FrameReader(
+            settings.kafka_bootstrap, POSTURE_EVENTS.name, max_records=READ_BATCH, wait_s=READ_WAIT_S
+        )
+        self._reading = asyncio.Event()  # cleared from a revocation until the assignment is started
+        self._read_errors = RateLimitedLog(log, interval_s=30.0)
         self.checkpointer = Checkpointer(
             self.runtime,
             self.positions,
@@ -225,14 +227,14 @@ class Processor:
             commit=self._commit,
         )
         self._assigned: set[int] = set()
-        self._assigned_at = time.monotonic()
         self._generation = 0  # bumped at every assignment and revocation
-        self._partition_locks: dict[int, asyncio.Lock] = {}
         self._frames_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._checkpoint_task: asyncio.Future[None] | None = None  # the agent's, running behind it
         self._last_delivery = time.monotonic()
-        self.hole_frames = 0  # frames faust skipped that were read from the broker instead
+        # posture frames faust delivered anyway (between an assignment and its pause): ignored, the
+        # reader reads every offset from the positions
+        self.faust_deliveries = 0
         self.clean_stop = False  # the final checkpoint persisted and committed everything
         self._stopping = False
         self.runtime.delay_observer = self.metrics.end_to_end_delay.observe
@@ -376,12 +378,6 @@ class Processor:
 
     # --- positions --------------------------------------------------------------------------------
 
-    def _lock(self, partition: int) -> asyncio.Lock:
-        lock = self._partition_locks.get(partition)
-        if lock is None:
-            lock = self._partition_locks[partition] = asyncio.Lock()
-        return lock
-
     async def _ensure_started(self, partitions: list[int]) -> None:
         """Give each assigned partition its start position: the group's committed offset."""
         while True:
@@ -410,97 +406,72 @@ class Processor:
             log.info("partitions started", positions={p: starts[p] for p in sorted(starts)})
             return
 
-    async def _read_hole(self, partition: int, first: int, end: int, why: str) -> None:
-        """Apply offsets [first, end) of a partition from the broker; faust did not deliver them."""
-        self._hole_log.warning(
-            f"hole-{why}", "offsets faust did not deliver: reading them from the broker",
-            partition=partition, first=first, end=end, why=why,
-        )  # fmt: skip
-        generation = self._generation
-        runtime, positions = self.runtime, self.positions
-        try:
-            async for record in self.ranges.read(
-                partition, first, end, still_owned=lambda: self._generation == generation
-            ):
-                runtime.on_message(record.key, record.value, partition, record.offset)
-                positions.advance(partition, record.offset + 1)
-                self.hole_frames += 1
-                self._frames_since_checkpoint += 1
-                if runtime.out:
-                    await self.checkpointer.publish()
-        except RangeAbandoned:
-            return
-        positions.advance(partition, end)  # offsets absent from the log (markers, compaction)
-
-    async def _sweep_when_quiet(self) -> None:
-        """Catch up partitions whose log goes on past their position once faust is quiet (QUIET_S)."""
-        now = time.monotonic()
-        if min(now - self._last_delivery, now - self._assigned_at) < QUIET_S or self.sink.fatal:
-            return
-        await self._ensure_started(sorted(self._assigned))
-        owned = self.positions.owned()
-        if not owned:
-            return
-        generation = self._generation
-        ends = await self.app.consumer.highwaters(*(TP(POSTURE_EVENTS.name, p) for p in owned))
-        for tp, end in ends.items():
-            partition = tp.partition
-            if generation != self._generation:
+    async def _read_frames(self) -> None:
+        """The posture frames of the owned partitions, read in runs from their positions and scored,
+        from start to shutdown. Never raises on data or on a broker error (logged, retried)."""
+        while not self._stopping:
+            if self.sink.fatal is not None:
+                # InfluxDB refuses our writes for good (401/403/404): read no more frames, so
+                # nothing is committed past what is stored; /readyz shows the fatal check
+                log.error("processor halted: not consuming until restarted", cause=str(self.sink.fatal))
                 return
-            if end is None or not self.positions.owns(partition) or self.positions.position(partition) >= end:
+            await self._reading.wait()
+            if self._stopping:
+                return
+            missing = [p for p in sorted(self._assigned) if not self.positions.owns(p)]
+            if missing:
+                await self._ensure_started(missing)  # its committed offset was unreadable at assignment
+            generation = self._generation
+            positions = self.positions
+            wanted = {p: positions.position(p) for p in positions.owned()}
+            if not wanted:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_event.wait(), READ_WAIT_S)
                 continue
-            async with self._lock(partition):
-                if self.positions.owns(partition) and self.positions.position(partition) < end:
-                    await self._read_hole(partition, self.positions.position(partition), int(end), "quiet")
+            try:
+                runs = await self.frames.read(wanted)
+            except Exception as error:  # the broker away or the connection broken: read again
+                if self._stopping:
+                    return  # shutdown closed the reader under the read
+                self._read_errors.warning("read", "posture frames unreadable; retrying", error=repr(error))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_event.wait(), 1.0)
+                continue
+            if runs:
+                self._last_delivery = time.monotonic()
+                await self._score_runs(runs, generation)
 
-    async def _score_batch(self, batch: list[Any]) -> bool:
-        """Apply a run of delivered frames in offset order; False once the agent must stop taking
-        frames. Exactness rests on the positions, not on when a frame is applied: a frame of a
-        partition revoked meanwhile is skipped, one already applied (read from a hole, or
-        redelivered) is a redelivery, and one past a gap first has the gap read from the broker."""
+    async def _score_runs(self, runs: dict[int, list[Any]], generation: int) -> None:
+        """Apply each partition's run in offset order. Exactness rests on the positions: a record of
+        a partition revoked (or reassigned) since the read is not applied; one below the position
+        was applied already. One past the position follows offsets absent from the log (markers,
+        compaction): the reader read from the position."""
         runtime, positions = self.runtime, self.positions
         interval, max_pending = self.settings.checkpoint_interval_s, self.settings.max_pending_frames
         monotonic = time.monotonic
-        for message in batch:
-            if self._stopping:
-                # SIGTERM: the final checkpoint covers what was applied before it; a frame
-                # applied after its snapshot would be stored or committed by nobody
-                await self._stop_event.wait()
-                return False
-            if self.sink.fatal is not None:
-                # InfluxDB refuses our writes for good (401/403/404): take no more frames, so
-                # nothing is acknowledged past what is stored; /readyz shows the fatal check
-                log.error("processor halted: not consuming until restarted", cause=str(self.sink.fatal))
-                await self._stop_event.wait()
-                return False
-            partition, offset = message.partition, message.offset
-            if not positions.owns(partition):
-                await self._ensure_started([partition])
-                if not positions.owns(partition):
-                    continue  # revoked meanwhile: the new owner consumes it
-            lock = self._partition_locks.get(partition)
-            if offset != positions.position(partition) or (lock is not None and lock.locked()):
-                async with self._lock(partition):
-                    if not positions.owns(partition):
-                        continue
-                    hole = positions.hole_before(partition, offset)
-                    if hole is not None:
-                        await self._read_hole(partition, *hole, why="skipped")
-                    if not positions.owns(partition) or positions.is_redelivery(partition, offset):
-                        continue
-            runtime.on_message(message.key, message.value, partition, offset)
-            positions.advance(partition, offset + 1)
-            self._frames_since_checkpoint += 1
-            out = runtime.out
-            # an alert goes out at once; windows and dead letters in batches (or at the checkpoint)
-            if out.alerts or len(out) >= PUBLISH_BATCH:
-                await self.checkpointer.publish()
-            if (
-                self._frames_since_checkpoint >= max_pending
-                or monotonic() - self._last_checkpoint >= interval
-            ):
-                await self._checkpoint_behind("due", max_pending)
-        return True
+        for partition, records in runs.items():
+            for record in records:
+                if self._stopping or self.sink.fatal is not None:
+                    # SIGTERM: the final checkpoint covers what was applied before it; a frame
+                    # applied after its snapshot would be stored or committed by nobody
+                    return
+                if generation != self._generation or not positions.owns(partition):
+                    break  # a rebalance since the read: the partition resumes from its position
+                offset = record.offset
+                if positions.is_redelivery(partition, offset):
+                    continue
+                runtime.on_message(record.key, record.value, partition, offset)
+                positions.advance(partition, offset + 1)
+                self._frames_since_checkpoint += 1
+                out = runtime.out
+                # an alert goes out at once; windows and dead letters in batches (or at the checkpoint)
+                if out.alerts or len(out) >= PUBLISH_BATCH:
+                    await self.checkpointer.publish()
+                if (
+                    self._frames_since_checkpoint >= max_pending
+                    or monotonic() - self._last_checkpoint >= interval
+                ):
+                    await self._checkpoint_behind("due", max_pending)
 
     # --- faust --------------------------------------------------------------------------------------
 
@@ -509,14 +480,16 @@ class Processor:
         interval = self.settings.checkpoint_interval_s
 
         @app.agent(self.source, name="score-posture")
-        async def score(stream: faust.StreamT) -> None:
-            # Frames are scored in runs, not one per delivery: alternating faust's per-event path
-            # with the scoring on every frame makes the scoring cost about twice its own time
-            # (docs/processor.md). A run ends at SCORE_BATCH frames or SCORE_WAIT_S after it began.
-            async for batch in stream.take_events(SCORE_BATCH, within=SCORE_WAIT_S):
-                self._last_delivery = time.monotonic()
-                if not await self._score_batch([event.message for event in batch]):
-                    return
+        async def posture(stream: faust.StreamT) -> None:
+            # faust's consumer subscribes the posture topic through this agent (the group's
+            # assignment, the table's co-partitioning) but is paused on it at each assignment: the
+            # reader below reads the frames. Whatever faust delivers before its pause is ignored.
+            async for _event in stream.events():
+                self.faust_deliveries += 1
+
+        @app.task
+        async def read_frames() -> None:
+            await self._read_frames()
 
         @app.agent(self.roster_topic, name="roster")
         async def roster(stream: faust.StreamT) -> None:
@@ -563,13 +536,6 @@ class Processor:
                 # long; a trickle from a few devices checkpoints about once per frame, at most 4/s
                 await self.checkpoint("caught up")
 
-        # its own timer: a look at the log ends waits on faust's consumer thread (up to its 1 s
-        # fetch), which must not hold up the checkpoint timer
-        @app.timer(interval=QUIET_S)
-        async def sweep() -> None:
-            if not self._stopping:
-                await self._sweep_when_quiet()
-
         @app.timer(interval=HEALTH_S)
         async def health() -> None:
             if not self._stopping:
@@ -588,21 +554,27 @@ class Processor:
             self.positions.forget()  # each partition starts again at the group's committed offset
             self.runtime.drop_partitions(self._assigned - mine)
             self._assigned = mine
-            self._assigned_at = time.monotonic()
             log.info("partitions assigned", partitions=sorted(mine))
             self.readiness.set(
                 "partitions",
                 True,
                 f"{len(mine)} partitions assigned" if mine else "group joined, no partition to own",
             )
+            if mine:
+                # faust's consumer fetches none of the posture topic: the reader does (module doc)
+                thread = app.consumer._thread
+                await thread.call_thread(_pause_in_consumer_thread, thread, mine)
+                _quiet_fetch_checks(thread)
             await self._ensure_started(sorted(mine))
+            self._reading.set()
 
         @app.on_partitions_revoked.connect
         async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
             mine = {tp.partition for tp in revoked if tp.topic == POSTURE_EVENTS.name}
             log.info("partitions revoked", partitions=sorted(mine))
             self.readiness.set("partitions", False, "rebalancing: partitions revoked")
-            self._generation += 1  # a range being read for a revoked partition stops
+            self._reading.clear()  # read nothing more until the new assignment has its positions
+            self._generation += 1  # frames read before it are not applied
             await self.checkpoint("revoked")
             self.positions.forget(mine)
             self._assigned -= mine
@@ -690,6 +662,7 @@ class Processor:
             return
         self._stopping = True
         self._stop_event.set()
+        self._reading.set()  # a reader waiting for an assignment sees the stop
         self.readiness.set("stopping", False, "shutting down")
         self.sink.request_stop()
         try:
@@ -700,7 +673,7 @@ class Processor:
             elif done:
                 log.info(
                     "processor stopped cleanly",
-                    hole_frames=self.hole_frames,
+                    faust_deliveries=self.faust_deliveries,
                     **self.runtime.counters.as_dict(),
                 )
             else:
@@ -712,7 +685,33 @@ class Processor:
                 await asyncio.wait_for(self.report_health(), timeout=5.0)
             await self.sink.close()
             await self._health_sink.close()
-            await self.ranges.close()
+            await self.frames.close()
+
+
+async def _pause_in_consumer_thread(thread: Any, partitions: set[int]) -> None:
+    """Runs in faust's consumer thread, whose loop owns the aiokafka consumer (a pause creates a
+    future on that loop): stop fetching the posture partitions. aiokafka forgets pauses at each new
+    assignment; faust's own pause and resume only choose what it hands to its streams."""
+    consumer = thread._ensure_consumer()
+    assigned = consumer.assignment()
+    tps = [TopicPartition(POSTURE_EVENTS.name, p) for p in sorted(partitions)]
+    consumer.pause(*(tp for tp in tps if tp in assigned))
+
+
+def _quiet_fetch_checks(thread: Any) -> None:
+    """faust's livelock detector logs an error every 2.5 s for each assigned partition aiokafka
+    has not fetched for `stream_processing_timeout` (5 min): true of every posture partition, by
+    design. Leave the posture topic out of that check; every other partition keeps it."""
+    if getattr(thread, "_strainwatch_posture_unchecked", False):
+        return
+    verify = thread.verify_event_path
+
+    def verify_event_path(now: float, tp: TP) -> None:
+        if tp.topic != POSTURE_EVENTS.name:
+            verify(now, tp)
+
+    thread.verify_event_path = verify_event_path
+    thread._strainwatch_posture_unchecked = True
 
 
 async def _commit_in_consumer_thread(thread: Any, offsets: dict[TP, int]) -> bool:

@@ -1,13 +1,13 @@
-"""Reads from the broker outside faust: the group's committed offsets, and ranges of a partition.
+"""Reads from the broker outside faust: where each partition resumes, and the posture frames.
 
-Both use short-lived aiokafka consumers of their own, so nothing here depends on faust's consumer:
+Both use aiokafka clients of their own, so nothing here depends on faust's consumer:
 - the committed offsets come from an offset fetch for the group that does not join it;
-- a range of offsets faust skipped is read with a group-less consumer, assigned the one partition.
+- the frames of the owned partitions are read by a group-less consumer from the processor's
+  positions (faust's consumer, the group member, is paused on the posture topic).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
@@ -17,10 +17,6 @@ from aiokafka.admin import AIOKafkaAdminClient
 from strainwatch.kafka_clients import aiokafka_security
 
 log = structlog.get_logger("strainwatch.processor")
-
-
-class RangeAbandoned(RuntimeError):
-    """The partition was revoked while its range was being read; the new owner reads it."""
 
 
 async def start_positions(bootstrap: str, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
@@ -61,63 +57,70 @@ async def start_positions(bootstrap: str, group: str, topic: str, partitions: li
     return positions
 
 
-class RangeReader:
-    """Reads ranges of offsets faust skipped, with one group-less consumer kept between reads (a
-    consumer per read cost about 100 ms; skips come in bursts, one read per burst)."""
+class FrameReader:
+    """Reads the posture frames of the partitions this instance owns, in runs, from the positions
+    the processor gives it, with one group-less consumer kept for the instance's life.
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    faust's consumer stays the group member (assignment, commits, the table's changelog) but
+    fetches none of the posture topic: faust's per-event delivery cost about 100 µs a frame, more
+    than the scoring (docs/processor.md). Reading from the processor's own positions also means no
+    offset can be skipped: every offset below a position was handed to the runtime.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, *, max_records: int, wait_s: float) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
-        self._reader: AIOKafkaConsumer | None = None
+        self.max_records = max_records
+        self.wait_ms = int(wait_s * 1000)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._next: dict[int, int] = {}  # per partition, the offset the consumer fetches next
 
-    async def _consumer(self) -> AIOKafkaConsumer:
-        if self._reader is None:
-            reader = AIOKafkaConsumer(
+    async def _started(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap,
                 **aiokafka_security(),
                 group_id=None,
                 enable_auto_commit=False,
                 # an offset already deleted by retention resumes at the log start, never at the end
                 auto_offset_reset="earliest",
+                max_poll_records=self.max_records,
             )
-            await reader.start()
-            self._reader = reader
-        return self._reader
+            await consumer.start()
+            self._consumer = consumer
+            self._next = {}
+        return self._consumer
 
-    async def read(
-        self, partition: int, first: int, end: int, still_owned: Callable[[], bool]
-    ) -> AsyncIterator[Any]:
-        """Yield the records of offsets [first, end) of one partition, in order.
+    async def read(self, positions: dict[int, int]) -> dict[int, list[Any]]:
+        """One run: records of the partitions in `positions`, each from its position, in offset
+        order per partition; empty if none came within the wait.
 
-        Ends when the consumer's position reaches `end`, not when `end - first` records have come:
-        offsets can be absent (compaction, retention, transaction markers), and counting records
-        would then wait forever. Raises RangeAbandoned if the partition is revoked meanwhile.
+        Offsets can be absent from the log (transaction markers, compaction), so a partition's
+        first record may lie past its position: everything between was read and is not there.
         """
-        if not still_owned():
-            raise RangeAbandoned(f"partition {partition} revoked before reading [{first}, {end})")
+        consumer = await self._started()
         try:
-            reader = await self._consumer()
-            part = TopicPartition(self.topic, partition)
-            reader.assign([part])
-            reader.seek(part, first)
-            while True:
-                batches = await reader.getmany(part, timeout_ms=1_000, max_records=2_000)
-                for record in batches.get(part, []):
-                    if record.offset >= end:
-                        return
-                    if record.offset >= first:
-                        yield record
-                if await reader.position(part) >= end:
-                    return
-                if not still_owned():
-                    raise RangeAbandoned(f"partition {partition} revoked while reading [{first}, {end})")
-        except (RangeAbandoned, GeneratorExit):
-            raise
+            if set(positions) != set(self._next):
+                consumer.assign([TopicPartition(self.topic, p) for p in positions])
+                self._next = {}
+            for partition, position in positions.items():
+                # the processor applied less than was read (a stop, a rebalance), or starts afresh
+                if self._next.get(partition) != position:
+                    consumer.seek(TopicPartition(self.topic, partition), position)
+                    self._next[partition] = position
+            batches = await consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records)
         except BaseException:
-            await self.close()  # a broken consumer is not reused
+            await self.close()  # a broken consumer is not reused (nor one cancelled mid-fetch)
             raise
+        runs = {}
+        for tp, records in batches.items():
+            if records:
+                self._next[tp.partition] = records[-1].offset + 1
+                runs[tp.partition] = records
+        return runs
 
     async def close(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            await reader.stop()
+        consumer, self._consumer = self._consumer, None
+        self._next = {}
+        if consumer is not None:
+            await consumer.stop()

@@ -7,10 +7,10 @@ strainwatch's persisted position, whatever faust skips, re-acks or misorders.
 
 A partition's position is the next offset to hand to the runtime: every offset below it has been
 applied (or skipped as a replay, or dead-lettered). It starts at the group's committed offset (the
-log start where none) and advances only contiguously. faust can skip events (at start-up, when
-flow control is off, after a generation change); an event past the position reveals a *hole*,
-which the processor reads straight from the broker before it applies the event. Events below the
-position are redeliveries and are ignored.
+log start where none) and only forward. The processor reads each owned partition from its position
+itself, in order (broker_reads.FrameReader), so no offset is passed over unread: a record past the
+position follows offsets absent from the log (transaction markers, compaction). Records below the
+position (read again after a rebalance or a stop mid-run) were applied already and are ignored.
 
 Pure bookkeeping: no faust, no Kafka, no clock.
 """
@@ -53,11 +53,6 @@ class PartitionPositions:
 
     def position(self, partition: int) -> int:
         return self._partitions[partition].position
-
-    def hole_before(self, partition: int, offset: int) -> tuple[int, int] | None:
-        """Offsets [first, end) that must be read before `offset`, or None if it follows on."""
-        position = self._partitions[partition].position
-        return (position, offset) if offset > position else None
 
     def is_redelivery(self, partition: int, offset: int) -> bool:
         return offset < self._partitions[partition].position

@@ -166,15 +166,75 @@ def test_shipped_streams_pyx_guards_the_ack_bookkeeping_with_acks_enabled_for() 
         assert all(len(line) - len(line.lstrip()) > guard_indent for line in block), after[i]
 
 
-def test_take_events_is_an_async_generator_of_event_runs_taking_max_and_within() -> None:
-    """The scoring agent takes posture frames in runs through `Stream.take_events(max_, within)`
-    (and the hole-injecting fault processor wraps it with that signature); each run's events are
-    acked through `Stream.ack`, which records nothing for the posture topic (acks=False: the test
-    of Consumer.ack above)."""
-    take_events = faust_streams.Stream.take_events
-    assert inspect.isasyncgenfunction(inspect.unwrap(take_events))
-    assert list(inspect.signature(take_events).parameters) == ["self", "max_", "within"]
-    assert "await self.ack(event)" in inspect.getsource(take_events)
+def test_a_paused_aiokafka_partition_is_not_fetched_and_pauses_end_with_the_assignment() -> None:
+    """At each assignment the processor pauses the posture partitions in faust's aiokafka consumer
+    (app.py `_pause_in_consumer_thread`): aiokafka fetches no paused partition and drops records it
+    fetched before the pause instead of returning them; a new assignment forgets the pauses."""
+    from aiokafka.consumer import fetcher
+
+    actions = inspect.getsource(fetcher.Fetcher._get_actions_per_node)
+    assert "elif tp_state.paused:" in actions  # a paused partition gets no fetch request
+    check = inspect.getsource(fetcher.FetchResult.check_assignment)
+    assert "if tp_state.paused:" in check and "return_result = False" in check
+
+    async def main() -> tuple[set[Any], set[Any]]:
+        consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9", group_id=None)
+        tp = TopicPartition(NOACK, 0)
+        consumer.assign([tp])
+        consumer.pause(tp)  # creates its resume future on the running loop: the consumer's thread
+        paused = set(consumer.paused())
+        consumer.assign([tp, TopicPartition(NOACK, 1)])
+        return paused, set(consumer.paused())
+
+    paused, after_reassignment = run(main())
+    assert paused == {TopicPartition(NOACK, 0)} and after_reassignment == set()
+
+
+def test_faust_pauses_and_resumes_only_its_own_sets_never_aiokafkas() -> None:
+    """faust's pause/resume (flow control, table recovery) choose what its getmany hands to
+    streams; none reaches the aiokafka consumer, so the processor's pause of the posture topic holds
+    through recovery."""
+    driver = Path(faust_aiokafka.__file__).read_text()
+    assert not re.search(r"\.(pause|resume)\(", driver)
+    for method in (faust_consumer.Consumer.pause_partitions, faust_consumer.Consumer.resume_partitions):
+        assert "_thread" not in inspect.getsource(method)
+
+
+def test_fetch_checks_run_per_partition_through_the_threads_verify_event_path() -> None:
+    """faust's livelock detector checks every assigned partition through the consumer thread's
+    `verify_event_path(now, tp)`, which the processor wraps to leave the posture topic out."""
+    from strainwatch.processor.app import _quiet_fetch_checks
+    from strainwatch.topics import POSTURE_EVENTS
+
+    assert "self.verify_event_path(now, tp)" in inspect.getsource(
+        faust_consumer.Consumer.verify_all_partitions_active
+    )
+    assert "self._thread.verify_event_path(now, tp)" in inspect.getsource(
+        faust_aiokafka.Consumer.verify_event_path
+    )
+    assert list(inspect.signature(faust_aiokafka.AIOKafkaConsumerThread.verify_event_path).parameters) == [
+        "self",
+        "now",
+        "tp",
+    ]
+
+    class Thread:
+        def __init__(self) -> None:
+            self.checked: list[TP] = []
+
+        def verify_event_path(self, now: float, tp: TP) -> None:
+            self.checked.append(tp)
+
+    thread = Thread()
+    _quiet_fetch_checks(thread)
+    _quiet_fetch_checks(thread)  # at every assignment: wrapped once
+    for tp in (
+        TP(POSTURE_EVENTS.name, 0),
+        TP("strainwatch-processor-worker-state-changelog", 0),
+        TP("roster.v1", 2),
+    ):
+        thread.verify_event_path(1.0, tp)
+    assert thread.checked == [TP("strainwatch-processor-worker-state-changelog", 0), TP("roster.v1", 2)]
 
 
 def test_drain_messages_adds_offset_gaps_only_for_acking_topics() -> None:
@@ -502,10 +562,10 @@ def test_a_value_type_naming_a_registered_codec_serialises_table_values_through_
     run(main())
 
 
-# --- g. aiokafka: the group-less range reader and the group offset fetch ------------------------
+# --- g. aiokafka: the group-less frame reader and the group offset fetch ------------------------
 
 
-def test_aiokafka_consumer_signatures_used_for_range_reads_and_offset_fetches() -> None:
+def test_aiokafka_consumer_signatures_used_for_frame_reads_and_offset_fetches() -> None:
     consumer = aiokafka.AIOKafkaConsumer
     init = inspect.signature(consumer.__init__).parameters
     assert init["group_id"].default is None and init["enable_auto_commit"].default is True
@@ -522,9 +582,9 @@ def test_aiokafka_consumer_signatures_used_for_range_reads_and_offset_fetches() 
         ("timeout_ms", inspect.Parameter.KEYWORD_ONLY),
         ("max_records", inspect.Parameter.KEYWORD_ONLY),
     ]
-    assert params("position") == [("partition", positional)]
     assert params("beginning_offsets") == [("partitions", positional)]
-    for name in ("getmany", "position", "beginning_offsets", "start", "stop"):
+    assert init["max_poll_records"].default is None and init["auto_offset_reset"].default == "latest"
+    for name in ("getmany", "beginning_offsets", "start", "stop"):
         assert inspect.iscoroutinefunction(getattr(consumer, name)), name
     for name in ("assign", "seek"):
         assert not inspect.iscoroutinefunction(getattr(consumer, name)), name
@@ -533,7 +593,7 @@ def test_aiokafka_consumer_signatures_used_for_range_reads_and_offset_fetches() 
 
 def test_admin_offset_fetch_and_faust_highwaters_signatures() -> None:
     """The group's committed offsets come from an admin OffsetFetch (a consumer's committed() needs
-    a subscription); the quiet sweep asks faust's consumer for the log ends."""
+    a subscription); the health report asks faust's consumer for the log ends (consumer lag)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     fetch = AIOKafkaAdminClient.list_consumer_group_offsets

@@ -1,4 +1,4 @@
-"""Partition positions: contiguous advance, holes, redeliveries, what a checkpoint commits."""
+"""Partition positions: forward-only advance, redeliveries, what a checkpoint commits."""
 
 from __future__ import annotations
 
@@ -9,26 +9,16 @@ from strainwatch.processor.positions import PartitionPositions
 pytestmark = pytest.mark.unit
 
 
-def test_a_partition_starts_at_its_committed_offset_and_advances_contiguously() -> None:
+def test_a_partition_starts_at_its_committed_offset_and_advances() -> None:
     positions = PartitionPositions()
     positions.start(3, 100)
     assert positions.owns(3) and not positions.owns(0)
-    assert positions.hole_before(3, 100) is None
     positions.advance(3, 101)
     assert positions.position(3) == 101
     assert positions.uncommitted() == {3: 101}
 
 
-def test_an_event_past_the_position_reveals_the_offsets_faust_skipped() -> None:
-    positions = PartitionPositions()
-    positions.start(0, 0)
-    # faust skipped the first 80 events of the partition and delivered offset 80
-    assert positions.hole_before(0, 80) == (0, 80)
-    positions.advance(0, 81)
-    assert positions.hole_before(0, 81) is None
-
-
-def test_events_below_the_position_are_redeliveries_and_never_move_it_back() -> None:
+def test_records_below_the_position_are_redeliveries_and_never_move_it_back() -> None:
     positions = PartitionPositions()
     positions.start(1, 50)
     positions.advance(1, 60)
