@@ -216,7 +216,6 @@ class Processor:
         self.frames = FrameReader(
             settings.kafka_bootstrap, POSTURE_EVENTS.name, max_records=READ_BATCH, wait_s=READ_WAIT_S
         )
-        self._reading = asyncio.Event()  # cleared from a revocation until the assignment is started
         self._read_errors = RateLimitedLog(log, interval_s=30.0)
         self.checkpointer = Checkpointer(
             self.runtime,
@@ -415,16 +414,16 @@ class Processor:
                 # nothing is committed past what is stored; /readyz shows the fatal check
                 log.error("processor halted: not consuming until restarted", cause=str(self.sink.fatal))
                 return
-            await self._reading.wait()
-            if self._stopping:
-                return
             missing = [p for p in sorted(self._assigned) if not self.positions.owns(p)]
             if missing:
                 await self._ensure_started(missing)  # its committed offset was unreadable at assignment
             generation = self._generation
             positions = self.positions
             wanted = {p: positions.position(p) for p in positions.owned()}
-            if not wanted:
+            # faust suspends its flow control when a rebalance begins (before the revocation) and
+            # resumes it once the table is restored for the new assignment: frames applied before
+            # that would find their workers' records missing
+            if not wanted or not self.app.flow_control.is_active():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop_event.wait(), READ_WAIT_S)
                 continue
@@ -566,14 +565,12 @@ class Processor:
                 await thread.call_thread(_pause_in_consumer_thread, thread, mine)
                 _quiet_fetch_checks(thread)
             await self._ensure_started(sorted(mine))
-            self._reading.set()
 
         @app.on_partitions_revoked.connect
         async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
             mine = {tp.partition for tp in revoked if tp.topic == POSTURE_EVENTS.name}
             log.info("partitions revoked", partitions=sorted(mine))
             self.readiness.set("partitions", False, "rebalancing: partitions revoked")
-            self._reading.clear()  # read nothing more until the new assignment has its positions
             self._generation += 1  # frames read before it are not applied
             await self.checkpoint("revoked")
             self.positions.forget(mine)
@@ -662,7 +659,6 @@ class Processor:
             return
         self._stopping = True
         self._stop_event.set()
-        self._reading.set()  # a reader waiting for an assignment sees the stop
         self.readiness.set("stopping", False, "shutting down")
         self.sink.request_stop()
         try:
