@@ -414,19 +414,20 @@ class Processor:
                 # nothing is committed past what is stored; /readyz shows the fatal check
                 log.error("processor halted: not consuming until restarted", cause=str(self.sink.fatal))
                 return
-            missing = [p for p in sorted(self._assigned) if not self.positions.owns(p)]
-            if missing:
-                await self._ensure_started(missing)  # its committed offset was unreadable at assignment
-            generation = self._generation
-            positions = self.positions
-            wanted = {p: positions.position(p) for p in positions.owned()}
-            # faust suspends its flow control when a rebalance begins (before the revocation) and
-            # resumes it once the table is restored for the new assignment: frames applied before
-            # that would find their workers' records missing
-            if not wanted or not self.app.flow_control.is_active():
+            # faust marks a rebalance from its very start (before the revocation) until the table
+            # is restored for the new assignment: a frame applied before that would not find its
+            # worker's record
+            if self.app.rebalancing or not self._assigned:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop_event.wait(), READ_WAIT_S)
                 continue
+            missing = [p for p in sorted(self._assigned) if not self.positions.owns(p)]
+            if missing:
+                await self._ensure_started(missing)  # its committed offset was unreadable at assignment
+                continue  # a rebalance may have begun meanwhile: look again
+            generation = self._generation
+            positions = self.positions
+            wanted = {p: positions.position(p) for p in positions.owned()}
             try:
                 runs = await self.frames.read(wanted)
             except Exception as error:  # the broker away or the connection broken: read again

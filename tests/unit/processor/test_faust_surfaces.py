@@ -449,34 +449,6 @@ def test_recovery_awaits_the_tables_callbacks_before_seeking_to_committed_offset
     assert positions == sorted(positions), source
 
 
-def test_flow_control_is_suspended_before_a_revocation_and_resumed_once_the_table_is_restored() -> None:
-    """The frame reader reads only while `app.flow_control.is_active()`: faust suspends it before it
-    sends `on_partitions_revoked` and resumes it only after the tables of the new assignment are
-    restored (with recovery, or without any to do), so no frame meets a record not yet restored."""
-    from faust.app.base import App
-
-    revoked = inspect.getsource(App._on_partitions_revoked)
-    assert revoked.index("self.flow_control.suspend") < revoked.index("self.on_partitions_revoked.send")
-    completed = inspect.getsource(Recovery.on_recovery_completed)
-    assert completed.index("await asyncio.wait(callback_coros)") < completed.index(
-        "self.app.flow_control.resume()"
-    )
-    resumed = inspect.getsource(Recovery._resume_streams)
-    assert "app.flow_control.resume()" in resumed
-    # nothing else resumes it
-    package = Path(faust.__file__).parent
-    resumers = sorted(
-        str(path.relative_to(package))
-        for path in package.rglob("*.py")
-        if "flow_control.resume()" in path.read_text()
-    )
-    assert resumers == ["agents/agent.py", "app/base.py", "tables/recovery.py"], resumers
-    # the others: an agent's test context, and the app as an RPC client; the processor is neither
-    assert "self.app.flow_control.resume()" in inspect.getsource(faust.agents.Agent.test_context)
-    assert inspect.getsource(App).count("flow_control.resume()") == 1
-    assert "self.flow_control.resume()" in inspect.getsource(App.start_client)
-
-
 # --- e. worker signal handling ------------------------------------------------------------------
 
 
