@@ -85,6 +85,9 @@ class FrameReader:
                 # an offset already deleted by retention resumes at the log start, never at the end
                 auto_offset_reset="earliest",
                 max_poll_records=self.max_records,
+                # a partition is fetched again only once its last fetch is consumed: fetch more at
+                # once (aiokafka's default is 1 MiB) so the scoring seldom waits for a fetch
+                max_partition_fetch_bytes=4 * 1024 * 1024,
             )
             await consumer.start()
             self._consumer = consumer
