@@ -167,16 +167,12 @@ class ProcessorProc:
         self,
         env: dict[str, str],
         log_path: Path,
-        script: Path | None = None,
         command: tuple[str, ...] = ("processor",),
     ) -> None:
         self.env = env
         self.log_path = log_path
         self.name = " ".join(command)
-        # a script standing in for the command (a processor with an injected fault)
-        self.argv = (
-            [sys.executable, str(script)] if script else [sys.executable, "-m", "strainwatch.cli", *command]
-        )
+        self.argv = [sys.executable, "-m", "strainwatch.cli", *command]
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -240,8 +236,8 @@ def processor_env(broker: Broker, influx: Influx, database: str, state: Path, **
 def run_processor(tmp_path: Path) -> Iterator[object]:
     started: list[ProcessorProc] = []
 
-    def factory(env: dict[str, str], script: Path | None = None) -> ProcessorProc:
-        proc = ProcessorProc(env, tmp_path / f"processor-{len(started)}.log", script)
+    def factory(env: dict[str, str]) -> ProcessorProc:
+        proc = ProcessorProc(env, tmp_path / f"processor-{len(started)}.log")
         proc.start()
         started.append(proc)
         return proc

@@ -36,9 +36,8 @@ def run_to_completion(
     ql: InfluxQL,
     total: int,
     reference: InfluxQL | None = None,
-    script: Path | None = None,
 ) -> Any:
-    proc = run_processor(env, script)
+    proc = run_processor(env)
     try:
         wait_for(
             lambda: (proc.running() or pytest.fail(proc.log())) and stored_frames(ql) >= total,

@@ -229,7 +229,7 @@ class Processor:
         self._generation = 0  # bumped at every assignment and revocation
         self._frames_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
-        self._checkpoint_task: asyncio.Future[None] | None = None  # the agent's, running behind it
+        self._checkpoint_task: asyncio.Future[None] | None = None  # the reader's, running behind it
         self._last_delivery = time.monotonic()
         # posture frames faust delivered anyway (between an assignment and its pause): ignored, the
         # reader reads every offset from the positions
