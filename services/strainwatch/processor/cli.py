@@ -45,7 +45,13 @@ def run_processor(
     # uvloop before anything creates a loop: faust schedules about 20 callbacks per event, which
     # uvloop makes markedly cheaper (docs/processor.md)
     mode.loop.use("uvloop")
+    import faulthandler
+
     import faust
+
+    # a crash in native code (uvloop, aiokafka's extensions, the compiled engine) leaves every
+    # thread's Python stack in the log instead of a bare exit -11
+    faulthandler.enable()
 
     from strainwatch.config import get_settings
     from strainwatch.ops.logs import limit_library_logs
@@ -144,9 +150,25 @@ def run_processor(
     try:
         worker.execute_from_commandline()
     except SystemExit as done:
-        if done.code in (0, None) and not processor.clean_stop:
-            raise SystemExit(EXIT_INCOMPLETE) from None
+        code = done.code
+        if code in (0, None) and not processor.clean_stop:
+            code = EXIT_INCOMPLETE
+        _exit_after_stop(code)
         raise
+
+
+def _exit_after_stop(code: int | str | None) -> None:
+    """Leave once faust's worker has stopped, without the interpreter's finalization: everything
+    is persisted, committed and closed by then, while faust's consumer thread may still be starting
+    or stopping. One processor stopped by SIGTERM during its start-up died of SIGSEGV (exit -11)
+    after logging a clean stop; finalizing modules under a live native thread is the likely place."""
+    if isinstance(code, str):  # SystemExit("message"): Python prints it and exits 1
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 def register(app: Any) -> None:
