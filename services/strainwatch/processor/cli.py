@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -154,10 +154,9 @@ def run_processor(
         if code in (0, None) and not processor.clean_stop:
             code = EXIT_INCOMPLETE
         _exit_after_stop(code)
-        raise
 
 
-def _exit_after_stop(code: int | str | None) -> None:
+def _exit_after_stop(code: int | str | None) -> NoReturn:
     """Leave once faust's worker has stopped, without the interpreter's finalization: everything
     is persisted, committed and closed by then, while faust's consumer thread may still be starting
     or stopping. One processor stopped by SIGTERM during its start-up died of SIGSEGV (exit -11)
